@@ -1,0 +1,133 @@
+"""``linkstyle``: one subcommand per pipeline stage, the same calls the Snakemake rules make.
+
+Every subcommand reads a config file (validated against the schema first), takes the
+wildcards of its stage as options, writes its artifacts atomically under
+``<results_dir>/<run>/`` and prints what it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import time
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, load_config
+
+STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
+    "train": ("Train a demo classifier on the built-in world; fails if held-out accuracy < train.min_accuracy.",
+              [("classifier", str, "classifier name from the config")]),
+    "sample": ("Draw the latents w of one shard of one class (fixed distinct seeds).",
+               [("cls", int, "class index"), ("shard", int, "sample shard index")]),
+    "extract": ("Render one sample shard and record every classifier's features r, prediction and probability.",
+                [("cls", int, "class index"), ("shard", int, "sample shard index")]),
+    "select": ("Keep a classifier's correctly classified samples, split train/test by seed, set sweep bounds.",
+               [("classifier", str, "classifier name")]),
+    "link": ("Fit r -> w by OLS and by ridge (CV); report R^2, cosine, cycle consistency and CKA on the test split.",
+             [("classifier", str, "classifier name")]),
+    "tune": ("Sweep every unit of one unit shard over its range, render, and record the realised activation.",
+             [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
+    "measure": ("Measure area, luminance, entropy, ellipse and motion of every part in one tuned shard.",
+                [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
+    "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness and labels.",
+                    [("classifier", str, "classifier name")]),
+    "report": ("Draw the figures and write report.html and summary.json.", []),
+}
+
+
+def _parse_override(text: str) -> dict[str, Any]:
+    """``a.b=value`` -> {'a': {'b': value}}, value parsed as YAML (numbers, lists, booleans)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (dotted keys for nesting), got '{text}'")
+    key, value = text.split("=", 1)
+    node: dict[str, Any] = {}
+    root = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node[part] = {}
+        node = node[part]
+    node[parts[-1]] = yaml.safe_load(value)
+    return root
+
+
+def _merge_all(items: list[dict[str, Any]]) -> dict[str, Any]:
+    from .config import _deep_merge
+
+    out: dict[str, Any] = {}
+    for item in items:
+        out = _deep_merge(out, item)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkstyle",
+        description=(
+            "Linking in Style: link a classifier's penultimate features r to a generator's latent w, "
+            "sweep every unit, render, and measure what changes. Each subcommand is one stage of the "
+            "Snakemake workflow; run the whole pipeline with `snakemake` (see README)."
+        ),
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", default=None, help="YAML config (default: all schema defaults)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set tune.n_steps=5 (repeatable)")
+    common.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: config 'threads')")
+    common.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, args) in STAGES.items():
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        for arg, typ, arg_help in args:
+            p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
+    p = sub.add_parser("config", parents=[common], help="Validate a config and print it with every default filled in.",
+                       description="Validate a config and print it with every default filled in.")
+    p = sub.add_parser("units", parents=[common], help="Print each classifier's unit count and unit shards.",
+                       description="Print each classifier's unit count and unit shards.")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, _merge_all([_parse_override(s) for s in args.set]))
+    if args.command == "config":
+        sys.stdout.write(yaml.safe_dump(cfg.raw, sort_keys=False))
+        return
+    if args.command == "units":
+        from .units import unit_count, unit_shards
+
+        for clf in cfg.classifiers:
+            shards = unit_shards(cfg, clf.name)
+            print(f"{clf.name}: {unit_count(cfg, clf.name)} units, {sum(map(len, shards))} analysed in {len(shards)} shards")
+        return
+    from .stages.context import Context
+
+    # Stage NAME lives in linkstyle.stages.NAME as run_NAME(ctx, *wildcards).
+    stage = importlib.import_module(f".stages.{args.command}", __package__)
+    run = getattr(stage, f"run_{args.command}")
+    wildcards = [getattr(args, arg) for arg, _, _ in STAGES[args.command][1]]
+    ctx = Context(cfg, threads=args.threads)
+    start = time.perf_counter()
+    run(ctx, *wildcards)
+    logging.getLogger("linkstyle").info("%s done in %.1f s", args.command, time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        _dispatch(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"linkstyle {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""Configuration: one JSON schema, validated before any work starts, read into frozen dataclasses.
+
+The schema (``schemas/config.schema.yaml``, also at ``workflow/schemas/``) is the single
+source of keys, defaults and descriptions; Snakemake and the CLI both go through
+:func:`load_config`, so a bad key fails the same way in both, before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+#: Sample seeds of the analysis stay below this; demo-classifier training draws above it.
+ANALYSIS_SEED_LIMIT = 2**31
+SEEDS_PER_CLASS = 1_000_000
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased so the user knows which key to change and how."""
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    text = resources.files("linkstyle").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator that fills in each property's default before validating it."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, subschema):
+        if isinstance(instance, dict):
+            for name, prop in properties.items():
+                if "default" in prop and name not in instance:
+                    instance[name] = copy.deepcopy(prop["default"])
+        yield from validate_properties(validator, properties, instance, subschema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft7Validator)
+
+
+def _describe(schema_root: dict[str, Any], path: list[Any]) -> str:
+    node: dict[str, Any] = schema_root
+    for part in path:
+        if isinstance(part, int):
+            node = node.get("items", {})
+        else:
+            node = node.get("properties", {}).get(part, {})
+    return str(node.get("description", "")).strip()
+
+
+def _key(path: list[Any]) -> str:
+    return ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in path).replace(".[", "[") or "<top level>"
+
+
+def validate(raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate ``raw`` against the schema, fill defaults, and check cross-key rules.
+
+    Returns a new dict; raises :class:`ConfigError` listing every problem.
+    """
+    cfg = copy.deepcopy(dict(raw or {}))
+    root = schema()
+    errors = sorted(_Validator(root).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            path = list(err.absolute_path)
+            if err.validator == "additionalProperties":
+                allowed = sorted(err.schema.get("properties", {}))
+                lines.append(f"{_key(path)}: {err.message}; allowed keys: {', '.join(allowed)}")
+                continue
+            if err.validator == "enum":
+                lines.append(
+                    f"{_key(path)}: {err.instance!r} is not allowed; valid values: "
+                    + ", ".join(map(str, err.validator_value))
+                )
+                continue
+            hint = _describe(root, [p for p in path])
+            lines.append(f"{_key(path)}: {err.message}" + (f" ({hint})" if hint else ""))
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
+    _check_cross_keys(cfg)
+    return cfg
+
+
+def _check_cross_keys(cfg: dict[str, Any]) -> None:
+    problems = []
+    gen = cfg["generator"]
+    if cfg["classes"] is not None:
+        bad = [c for c in cfg["classes"] if c >= gen["num_classes"]]
+        if bad:
+            problems.append(
+                f"classes: {bad} out of range; generator '{gen['kind']}' has num_classes="
+                f"{gen['num_classes']} (valid indices 0..{gen['num_classes'] - 1})"
+            )
+    names = [c["name"] for c in cfg["classifiers"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"classifiers: names must be unique, repeated: {dupes}")
+    smp = cfg["sample"]
+    if smp["per_class"] > SEEDS_PER_CLASS:
+        problems.append(f"sample.per_class: at most {SEEDS_PER_CLASS} (seeds are laid out per class)")
+    last = smp["first_seed"] + SEEDS_PER_CLASS * gen["num_classes"]
+    if last > ANALYSIS_SEED_LIMIT:
+        problems.append(
+            f"sample.first_seed: {smp['first_seed']} makes analysis seeds reach {last}, past 2^31 where "
+            "training seeds begin; choose a smaller first_seed"
+        )
+    lo, hi = cfg["tune"]["percentiles"]
+    if cfg["tune"]["bounds"] == "percentile" and not lo < hi:
+        problems.append(f"tune.percentiles: lower ({lo}) must be below upper ({hi})")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------------- typed view
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    kind: str
+    num_classes: int
+    resolution: int
+    truncation_psi: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    name: str
+    kind: str
+    arch: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    truncation_psi: float
+    eval_samples: int
+    min_accuracy: float
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    per_class: int
+    per_shard: int
+    first_seed: int
+
+    @property
+    def shards_per_class(self) -> int:
+        return -(-self.per_class // self.per_shard)
+
+
+@dataclass(frozen=True)
+class SelectConfig:
+    test_fraction: float
+    starts_per_class: int
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    method: str
+    ridge_alphas: tuple[float, ...]
+    cv_folds: int
+    cycle_samples: int
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    units: str | tuple[int, ...]
+    n_steps: int
+    bounds: str
+    percentiles: tuple[float, float]
+    units_per_shard: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    segmenter: str
+    entropy_radius: int
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    top_units: int
+
+
+@dataclass(frozen=True)
+class Config:
+    run: str
+    results_dir: str
+    device: str
+    threads: int
+    seed: int
+    generator: GeneratorConfig
+    classes: tuple[int, ...]
+    classifiers: tuple[ClassifierConfig, ...]
+    train: TrainConfig
+    sample: SampleConfig
+    select: SelectConfig
+    link: LinkConfig
+    tune: TuneConfig
+    measure: MeasureConfig
+    report: ReportConfig
+    raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.results_dir) / self.run
+
+    def classifier(self, name: str) -> ClassifierConfig:
+        for clf in self.classifiers:
+            if clf.name == name:
+                return clf
+        raise ConfigError(
+            f"unknown classifier '{name}'; configured: {', '.join(c.name for c in self.classifiers)}"
+        )
+
+    def digest(self, *sections: str) -> str:
+        """Short hash of some top-level sections: Snakemake params use it to rerun only what changed."""
+        payload = {s: self.raw.get(s) for s in sorted(sections)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def from_dict(raw: Mapping[str, Any] | None) -> Config:
+    cfg = validate(raw)
+    gen = cfg["generator"]
+    classes = tuple(cfg["classes"]) if cfg["classes"] is not None else tuple(range(gen["num_classes"]))
+    tune = dict(cfg["tune"])
+    tune["units"] = tune["units"] if tune["units"] == "all" else tuple(tune["units"])
+    tune["percentiles"] = tuple(tune["percentiles"])
+    link = dict(cfg["link"])
+    link["ridge_alphas"] = tuple(float(a) for a in link["ridge_alphas"])
+    return Config(
+        run=cfg["run"],
+        results_dir=cfg["results_dir"],
+        device=cfg["device"],
+        threads=cfg["threads"],
+        seed=cfg["seed"],
+        generator=GeneratorConfig(**gen),
+        classes=classes,
+        classifiers=tuple(ClassifierConfig(**c) for c in cfg["classifiers"]),
+        train=TrainConfig(**cfg["train"]),
+        sample=SampleConfig(**cfg["sample"]),
+        select=SelectConfig(**cfg["select"]),
+        link=LinkConfig(**link),
+        tune=TuneConfig(**tune),
+        measure=MeasureConfig(**cfg["measure"]),
+        report=ReportConfig(**cfg["report"]),
+        raw=cfg,
+    )
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read a YAML config (or none: all defaults), apply ``overrides`` on top, validate."""
+    raw = load_yaml(path) if path is not None else {}
+    if overrides:
+        raw = _deep_merge(raw, overrides)
+    return from_dict(raw)
+
+
+def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out

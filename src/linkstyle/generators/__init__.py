@@ -1,0 +1,30 @@
+"""Generators by kind. New kinds register a builder here and nowhere else."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..config import ConfigError, GeneratorConfig
+from .base import Generator, GroundTruth
+
+
+def _critters(cfg: GeneratorConfig, seed: int) -> Generator:
+    from .critters import Critters
+
+    return Critters(num_classes=cfg.num_classes, resolution=cfg.resolution, seed=seed)
+
+
+GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {"critters": _critters}
+
+
+def build_generator(cfg: GeneratorConfig, seed: int) -> Generator:
+    try:
+        builder = GENERATOR_KINDS[cfg.kind]
+    except KeyError:
+        raise ConfigError(
+            f"generator.kind: unknown generator '{cfg.kind}'; valid kinds: {', '.join(GENERATOR_KINDS)}"
+        ) from None
+    return builder(cfg, seed)
+
+
+__all__ = ["Generator", "GroundTruth", "GENERATOR_KINDS", "build_generator"]

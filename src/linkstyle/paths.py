@@ -1,0 +1,85 @@
+"""The artifact layout of one run, in one place: the library and the Snakefile both use it.
+
+Arguments may be real values or Snakemake wildcard patterns such as ``"{clf}"``.
+One file per shard, never one per unit or image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    def _p(self, *parts: object) -> Path:
+        return self.root.joinpath(*map(str, parts))
+
+    @property
+    def config(self) -> Path:
+        return self._p("config.yaml")
+
+    def classifier_weights(self, clf: object) -> Path:
+        return self._p("classifiers", clf, "weights.pt")
+
+    def classifier_metrics(self, clf: object) -> Path:
+        return self._p("classifiers", clf, "metrics.json")
+
+    def samples(self, cls: object, shard: object) -> Path:
+        return self._p("samples", f"class-{cls}", f"shard-{shard}.npz")
+
+    def extract_table(self, cls: object, shard: object) -> Path:
+        return self._p("extract", f"class-{cls}", f"shard-{shard}.parquet")
+
+    def extract_arrays(self, cls: object, shard: object) -> Path:
+        return self._p("extract", f"class-{cls}", f"shard-{shard}.npz")
+
+    def select_table(self, clf: object) -> Path:
+        return self._p("select", clf, "samples.parquet")
+
+    def select_arrays(self, clf: object) -> Path:
+        return self._p("select", clf, "arrays.npz")
+
+    def link_model(self, clf: object) -> Path:
+        return self._p("link", clf, "model.npz")
+
+    def link_metrics(self, clf: object) -> Path:
+        return self._p("link", clf, "metrics.json")
+
+    def tune_table(self, clf: object, shard: object) -> Path:
+        return self._p("tune", clf, f"shard-{shard}.parquet")
+
+    def tune_arrays(self, clf: object, shard: object) -> Path:
+        return self._p("tune", clf, f"shard-{shard}.npz")
+
+    def measure_table(self, clf: object, shard: object) -> Path:
+        return self._p("measure", clf, f"shard-{shard}.parquet")
+
+    def selectivity_features(self, clf: object) -> Path:
+        return self._p("selectivity", clf, "features.parquet")
+
+    def selectivity_units(self, clf: object) -> Path:
+        return self._p("selectivity", clf, "units.parquet")
+
+    @property
+    def figures(self) -> Path:
+        return self._p("figures")
+
+    @property
+    def report(self) -> Path:
+        return self._p("report.html")
+
+    @property
+    def summary(self) -> Path:
+        return self._p("summary.json")
+
+    def log(self, rule: str, *labels: object) -> Path:
+        return self._p("logs", rule, "-".join(map(str, labels)) + ".log" if labels else "log.log")
+
+    def benchmark(self, rule: str, *labels: object) -> Path:
+        return self._p("benchmarks", rule, "-".join(map(str, labels)) + ".tsv" if labels else "bench.tsv")

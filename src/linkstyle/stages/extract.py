@@ -1,0 +1,57 @@
+"""Render each sample once and run every classifier on it: the main GPU cost, paid once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import read_npz, write_npz, write_parquet
+from ..runtime import batches, progress
+from .context import Context
+
+
+@torch.inference_mode()
+def run_extract(ctx: Context, cls: int, shard: int) -> None:
+    cfg, paths = ctx.cfg, ctx.paths
+    samples = read_npz(paths.samples(cls, shard))
+    w_all = torch.from_numpy(samples["w"])
+    names = [c.name for c in cfg.classifiers]
+    clfs = [ctx.classifier(n) for n in names]
+    n = len(w_all)
+    feats = {name: np.empty((n, clf.num_units), dtype=np.float32) for name, clf in zip(names, clfs)}
+    preds = {name: np.empty(n, dtype=np.int64) for name in names}
+    probs = {name: np.empty((n, 2), dtype=np.float32) for name in names}
+    bar = progress(n, f"extract class {cls} shard {shard}")
+    for sl in batches(n, cfg.generator.batch_size):
+        images = ctx.generator.synthesize(w_all[sl].to(ctx.device))
+        for name, clf in zip(names, clfs):
+            r, logits = clf.features_and_logits(images)
+            p = logits.float().softmax(1)
+            pred = p.argmax(1)
+            feats[name][sl] = r.float().cpu().numpy()
+            preds[name][sl] = pred.cpu().numpy()
+            probs[name][sl, 0] = p.gather(1, pred[:, None])[:, 0].cpu().numpy()
+            probs[name][sl, 1] = p[:, cls].cpu().numpy()
+        bar.update(sl.stop - sl.start)
+    bar.close()
+    table = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "seed": samples["seed"],
+                    "cls": samples["cls"],
+                    "classifier": name,
+                    "pred": preds[name],
+                    "prob_pred": probs[name][:, 0],
+                    "prob_true": probs[name][:, 1],
+                    "correct": preds[name] == samples["cls"],
+                }
+            )
+            for name in names
+        ],
+        ignore_index=True,
+    )
+    write_npz(paths.extract_arrays(cls, shard), seed=samples["seed"], w=samples["w"], **{f"r__{k}": v for k, v in feats.items()})
+    write_parquet(table, paths.extract_table(cls, shard))
+    ctx.wrote(paths.extract_arrays(cls, shard), paths.extract_table(cls, shard))

@@ -1,0 +1,91 @@
+"""Fit r -> w (OLS as in the paper, and ridge), and judge both on the held-out split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import read_npz, read_parquet, write_json, write_npz
+from ..linking import (
+    LinearLink,
+    cosine_similarity,
+    distance_correlation,
+    fit_ols,
+    fit_ridge_cv,
+    linear_cka,
+    r2_score,
+    row_correlation,
+)
+from ..runtime import batches
+from ..seeds import derive
+from .context import Context
+
+
+@torch.inference_mode()
+def cycle_consistency(ctx: Context, name: str, link: LinearLink, r: np.ndarray, cls: np.ndarray) -> dict[str, float]:
+    """Render the predicted w of each sample, classify it: same class? same features?"""
+    gen, clf = ctx.generator, ctx.classifier(name)
+    w_pred = torch.from_numpy(link(r).astype(np.float32))
+    agree, corr = [], []
+    for sl in batches(len(r), ctx.cfg.generator.batch_size):
+        images = gen.synthesize(w_pred[sl].to(ctx.device))
+        r2, logits = clf.features_and_logits(images)
+        agree.append(logits.argmax(1).cpu().numpy() == cls[sl])
+        corr.append(row_correlation(r[sl], r2.float().cpu().numpy()))
+    return {"cycle_agreement": float(np.concatenate(agree).mean()), "cycle_feature_correlation": float(np.concatenate(corr).mean())}
+
+
+def evaluate_link(link: LinearLink, r: np.ndarray, w: np.ndarray) -> dict[str, float]:
+    pred = link(r)
+    return {
+        "r2": r2_score(w, pred),
+        "cosine": float(cosine_similarity(pred, w).mean()),
+        "cosine_centred": float(cosine_similarity(pred - w.mean(0), w - w.mean(0)).mean()),
+    }
+
+
+def run_link(ctx: Context, name: str) -> None:
+    cfg, paths = ctx.cfg, ctx.paths
+    table = read_parquet(paths.select_table(name))
+    arrays = read_npz(paths.select_arrays(name))
+    train = (table["split"] == "train").to_numpy()
+    r, w = arrays["r"].astype(np.float64), arrays["w"].astype(np.float64)
+    links = {"ols": fit_ols(r[train], w[train])}
+    links["ridge"], cv_scores = fit_ridge_cv(
+        r[train], w[train], cfg.link.ridge_alphas, cfg.link.cv_folds, seed=derive(cfg.seed, "link", name) % 2**32
+    )
+    test_idx = np.flatnonzero(~train)
+    cycle_idx = test_idx[: cfg.link.cycle_samples]
+    cls = table["cls"].to_numpy()
+    metrics: dict[str, Any] = {
+        "classifier": name,
+        "n_train": int(train.sum()),
+        "n_test": int((~train).sum()),
+        "units": int(r.shape[1]),
+        "w_dim": int(w.shape[1]),
+        "method_used": cfg.link.method,
+        "ridge_alpha": links["ridge"].alpha,
+        "ridge_cv_r2": {str(a): s for a, s in cv_scores.items()},
+        "geometry": {
+            "linear_cka": linear_cka(r[~train], w[~train]),
+            "distance_correlation": distance_correlation(r[~train], w[~train], seed=cfg.seed),
+        },
+    }
+    for method, link in links.items():
+        metrics[method] = {
+            "train": evaluate_link(link, r[train], w[train]),
+            "test": {
+                **evaluate_link(link, r[~train], w[~train]),
+                **cycle_consistency(ctx, name, link, r[cycle_idx].astype(np.float32), cls[cycle_idx]),
+                "cycle_samples": int(len(cycle_idx)),
+            },
+        }
+    write_npz(paths.link_model(name), **links[cfg.link.method].to_arrays())
+    write_json(metrics, paths.link_metrics(name))
+    ctx.wrote(paths.link_model(name), paths.link_metrics(name))
+
+
+def load_link(ctx: Context, name: str) -> LinearLink:
+    return LinearLink.from_arrays(read_npz(ctx.paths.link_model(name)))

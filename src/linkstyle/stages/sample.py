@@ -1,0 +1,38 @@
+"""Sample latents per (class, shard): a fixed block of distinct seeds, so it always terminates."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..io import write_npz
+from ..runtime import batches
+from ..seeds import sample_seeds
+from .context import Context
+
+
+def shard_range(per_class: int, per_shard: int, shard: int) -> tuple[int, int]:
+    start = shard * per_shard
+    if not 0 <= start < per_class:
+        raise ValueError(f"shard {shard} out of range: {per_class} samples per class in shards of {per_shard}")
+    return start, min(per_class, start + per_shard)
+
+
+@torch.inference_mode()
+def run_sample(ctx: Context, cls: int, shard: int) -> None:
+    cfg = ctx.cfg
+    if cls not in cfg.classes:
+        raise ValueError(f"class {cls} is not in the analysed class set {list(cfg.classes)}")
+    start, stop = shard_range(cfg.sample.per_class, cfg.sample.per_shard, shard)
+    seeds = sample_seeds(cfg.sample.first_seed, cls, start, stop)
+    gen = ctx.generator
+    z = gen.sample_z(seeds.tolist())
+    if len(np.unique(z.numpy(), axis=0)) != len(z):
+        raise RuntimeError(f"duplicate latents among seeds {seeds[0]}..{seeds[-1]}: the generator's sample_z is broken")
+    w = torch.empty(len(seeds), gen.w_dim)
+    for sl in batches(len(seeds), cfg.generator.batch_size):
+        classes = torch.full((sl.stop - sl.start,), cls, dtype=torch.long, device=ctx.device)
+        w[sl] = gen.mapping(z[sl].to(ctx.device), classes, truncation_psi=cfg.generator.truncation_psi).cpu()
+    out = ctx.paths.samples(cls, shard)
+    write_npz(out, seed=seeds, cls=np.full(len(seeds), cls, dtype=np.int64), z=z.numpy(), w=w.numpy())
+    ctx.wrote(out)

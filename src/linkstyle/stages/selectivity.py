@@ -1,0 +1,166 @@
+"""Per unit: how each (part, property) and each ground-truth factor changes along its sweep.
+
+Shards are read one at a time and reduced to per-unit numbers, so memory does not grow
+with the number of units. Changes are last step minus first step, averaged over start
+samples, and also expressed in units of the property's spread over all swept images
+(``delta_std``), which makes areas, angles and entropies comparable.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from ..units import unit_shards
+from ..io import read_parquet, write_parquet
+from ..measures import PROPERTIES
+from .context import Context
+
+#: Properties whose change is not a magnitude (counts) are reported but never chosen as a unit's label.
+UNRANKED = frozenset({"n_components"})
+FACTOR_PREFIX = "factor__"
+
+
+class _Moments:
+    """NaN-aware running mean/variance per column, merged shard by shard."""
+
+    def __init__(self) -> None:
+        self.n = self.s = self.ss = None
+
+    def add(self, x: np.ndarray) -> None:
+        ok = np.isfinite(x)
+        xz = np.where(ok, x, 0.0).astype(np.float64)
+        n, s, ss = ok.sum(0), xz.sum(0), (xz**2).sum(0)
+        if self.n is None:
+            self.n, self.s, self.ss = n, s, ss
+        else:
+            self.n, self.s, self.ss = self.n + n, self.s + s, self.ss + ss
+
+    def std(self) -> np.ndarray:
+        n = np.maximum(self.n, 1)
+        var = self.ss / n - (self.s / n) ** 2
+        return np.sqrt(np.maximum(var, 0.0))
+
+
+def _axial_delta(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Change of an angle defined modulo 180 degrees, in [-90, 90)."""
+    return (last - first + 90.0) % 180.0 - 90.0
+
+
+def _sweep_deltas(values: np.ndarray, axial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """values [U, S, K, F] -> mean over starts of last - first [U, F] (NaN if no start has both), and the count."""
+    first, last = values[:, :, 0], values[:, :, -1]
+    d = last - first
+    if axial.any():
+        d[..., axial] = _axial_delta(first[..., axial], last[..., axial])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a part absent in every start
+        return np.nanmean(d, axis=1), np.isfinite(d).sum(1)
+
+
+def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int) -> pd.DataFrame:
+    """Does the classifier's own unit follow the sweep? Per unit over its S x K images."""
+    target = tune["target"].to_numpy().reshape(n_units, n_starts, k)
+    real = tune["realised"].to_numpy().reshape(n_units, n_starts, k)
+    kept = (tune["pred"].to_numpy() == tune["cls"].to_numpy()).reshape(n_units, n_starts, k)
+    tc = target - target.mean((1, 2), keepdims=True)
+    rc = real - real.mean((1, 2), keepdims=True)
+    den = np.sqrt((tc**2).sum((1, 2)) * (rc**2).sum((1, 2)))
+    corr = np.where(den > 0, (tc * rc).sum((1, 2)) / np.maximum(den, 1e-12), np.nan)
+    span = target[:, :, -1] - target[:, :, 0]
+    rise = (real[:, :, -1] - real[:, :, 0]).mean(1)
+    return pd.DataFrame(
+        {
+            "realised_corr": corr,
+            "realised_rise": rise,
+            "rise_ratio": rise / np.where(span.mean(1) > 0, span.mean(1), np.nan),
+            "monotonic": (np.diff(real, axis=2) > 0).all(2).mean(1),
+            "class_kept": kept.mean((1, 2)),
+        }
+    )
+
+
+def run_selectivity(ctx: Context, name: str) -> None:
+    cfg, paths = ctx.cfg, ctx.paths
+    k = cfg.tune.n_steps
+    unit_frames, delta_blocks, count_blocks = [], [], []
+    moments = _Moments()
+    feature_index: pd.DataFrame | None = None
+    for shard, units in enumerate(unit_shards(cfg, name)):
+        tune = read_parquet(paths.tune_table(name, shard)).sort_values(["unit", "start", "step"], kind="stable")
+        meas = read_parquet(paths.measure_table(name, shard)).sort_values(["unit", "start", "step", "part"], kind="stable")
+        n_u = len(units)
+        n_s = tune["start"].nunique()
+        if len(tune) != n_u * n_s * k:
+            raise RuntimeError(f"{paths.tune_table(name, shard)} has {len(tune)} rows, expected {n_u}x{n_s}x{k}; rerun tune")
+        parts = list(meas["part"].cat.categories)
+        n_p = len(parts)
+        m_vals = meas[list(PROPERTIES)].to_numpy(np.float64).reshape(n_u, n_s, k, n_p, len(PROPERTIES))
+        m_vals = m_vals.reshape(n_u, n_s, k, n_p * len(PROPERTIES))
+        factor_cols = [c for c in tune.columns if c.startswith(FACTOR_PREFIX)]
+        f_vals = tune[factor_cols].to_numpy(np.float64).reshape(n_u, n_s, k, len(factor_cols))
+        values = np.concatenate([m_vals, f_vals], axis=3)
+        if feature_index is None:
+            feature_index = pd.DataFrame(
+                {
+                    "kind": ["measure"] * (n_p * len(PROPERTIES)) + ["factor"] * len(factor_cols),
+                    "part": [p for p in parts for _ in PROPERTIES] + [""] * len(factor_cols),
+                    "property": list(PROPERTIES) * n_p + [c[len(FACTOR_PREFIX):] for c in factor_cols],
+                }
+            )
+            axial = (feature_index["property"] == "angle").to_numpy() & (feature_index["kind"] == "measure").to_numpy()
+        moments.add(values.reshape(-1, values.shape[-1]))
+        deltas, counts = _sweep_deltas(values, axial)
+        delta_blocks.append(deltas)
+        count_blocks.append(counts)
+        faith = _faithfulness(tune, n_u, n_s, k)
+        faith.insert(0, "unit", np.asarray(units))
+        unit_frames.append(faith)
+    assert feature_index is not None
+    deltas = np.concatenate(delta_blocks)
+    counts = np.concatenate(count_blocks)
+    scale = moments.std()
+    delta_std = deltas / np.where(scale > 0, scale, np.nan)
+    units_table = pd.concat(unit_frames, ignore_index=True)
+    unit_ids = units_table["unit"].to_numpy()
+    n_units, n_feat = deltas.shape
+    features = pd.DataFrame(
+        {
+            "unit": np.repeat(unit_ids, n_feat),
+            "kind": np.tile(feature_index["kind"].to_numpy(), n_units),
+            "part": np.tile(feature_index["part"].to_numpy(), n_units),
+            "property": np.tile(feature_index["property"].to_numpy(), n_units),
+            "delta": deltas.reshape(-1),
+            "delta_std": delta_std.reshape(-1),
+            "n_starts": counts.reshape(-1),
+        }
+    )
+    labels = _labels(delta_std, feature_index)
+    units_table = pd.concat([units_table, labels], axis=1)
+    write_parquet(features, paths.selectivity_features(name))
+    write_parquet(units_table, paths.selectivity_units(name))
+    ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name))
+
+
+def _labels(delta_std: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
+    """Strongest measured and strongest ground-truth change per unit, and how concentrated it is."""
+    out = {}
+    for kind, mask in (
+        ("measure", (index["kind"] == "measure") & ~index["property"].isin(UNRANKED)),
+        ("factor", index["kind"] == "factor"),
+    ):
+        cols = np.flatnonzero(mask.to_numpy())
+        if len(cols) == 0:
+            continue
+        mag = np.abs(delta_std[:, cols])
+        mag = np.where(np.isfinite(mag), mag, 0.0)
+        best = mag.argmax(1)
+        top = cols[best]
+        names = (index["part"] + "." + index["property"]).to_numpy() if kind == "measure" else index["property"].to_numpy()
+        out[f"top_{kind}"] = names[top]
+        out[f"top_{kind}_delta_std"] = delta_std[np.arange(len(top)), top]
+        total = mag.sum(1)
+        out[f"{kind}_selectivity"] = np.where(total > 0, mag.max(1) / np.maximum(total, 1e-12), 0.0)
+    return pd.DataFrame(out)

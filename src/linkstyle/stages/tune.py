@@ -1,0 +1,108 @@
+"""Sweep each unit of a shard over its observed range, all other units fixed, and render.
+
+For unit u, start sample s and step k the target features are ``r_s`` with unit u set to
+``linspace(low_u, high_u, n_steps)[k]``; the link maps them to ``w``, the generator renders,
+and the classifier's own response to the rendered image (the *realised* activation)
+is recorded, so every sweep carries its own faithfulness check.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..units import unit_shards
+from ..io import read_npz, read_parquet, write_npz, write_parquet
+from ..runtime import batches, progress
+from .context import Context
+from .link import load_link
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW float -> uint8 NHWC, the storage form of every rendered image."""
+    x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+@torch.inference_mode()
+def run_tune(ctx: Context, name: str, shard: int) -> None:
+    cfg, paths = ctx.cfg, ctx.paths
+    shards = unit_shards(cfg, name)
+    if not 0 <= shard < len(shards):
+        raise ValueError(f"unit shard {shard} out of range: classifier '{name}' has {len(shards)} shards")
+    units = np.asarray(shards[shard], dtype=np.int64)
+    table = read_parquet(paths.select_table(name))
+    arrays = read_npz(paths.select_arrays(name))
+    starts = table.index[table["start"]].to_numpy()
+    r0 = torch.from_numpy(arrays["r"][starts].astype(np.float32))
+    start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
+    k = cfg.tune.n_steps
+    frac = np.linspace(0.0, 1.0, k)
+    low, high = arrays["unit_low"][units], arrays["unit_high"][units]
+    values = torch.from_numpy((low[:, None] + (high - low)[:, None] * frac[None]).astype(np.float32))  # [U, K]
+
+    link = load_link(ctx, name)
+    coef = torch.from_numpy(link.coef).to(ctx.device)
+    intercept = torch.from_numpy(link.intercept).to(ctx.device)
+    gen, clf = ctx.generator, ctx.classifier(name)
+
+    n_u, n_s = len(units), len(starts)
+    u_idx, s_idx, k_idx = (a.reshape(-1) for a in np.meshgrid(np.arange(n_u), np.arange(n_s), np.arange(k), indexing="ij"))
+    n = len(u_idx)
+    res = cfg.generator.resolution
+    images = np.empty((n, res, res, 3), dtype=np.uint8)
+    masks: np.ndarray | None = None
+    factors: np.ndarray | None = None
+    factor_names: tuple[str, ...] = ()
+    part_names: tuple[str, ...] = ()
+    w_out = np.empty((n, gen.w_dim), dtype=np.float32)
+    realised = np.empty(n, dtype=np.float32)
+    pred = np.empty(n, dtype=np.int64)
+    prob_cls = np.empty(n, dtype=np.float32)
+    bar = progress(n, f"tune {name} shard {shard}")
+    for sl in batches(n, cfg.tune.batch_size):
+        ui, si, ki = (torch.from_numpy(a[sl]) for a in (u_idx, s_idx, k_idx))
+        r = r0[si].clone()
+        rows = torch.arange(len(ui))
+        r[rows, torch.from_numpy(units)[ui]] = values[ui, ki]
+        w = r.to(ctx.device) @ coef + intercept
+        img, truth = gen.render(w)
+        feats, logits = clf.features_and_logits(img)
+        cols = torch.from_numpy(units)[ui].to(ctx.device)
+        realised[sl] = feats[rows.to(ctx.device), cols].float().cpu().numpy()
+        p = logits.float().softmax(1)
+        pred[sl] = p.argmax(1).cpu().numpy()
+        prob_cls[sl] = p[rows.to(ctx.device), torch.from_numpy(start_cls[si.numpy()]).to(ctx.device)].cpu().numpy()
+        images[sl] = to_uint8(img)
+        w_out[sl] = w.float().cpu().numpy()
+        if truth is not None:
+            if masks is None:
+                masks = np.empty((n, res, res), dtype=np.uint8)
+                factors = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
+                factor_names, part_names = truth.factor_names, truth.part_names
+            masks[sl] = truth.masks.cpu().numpy()
+            factors[sl] = truth.factors.float().cpu().numpy()  # type: ignore[index]
+        bar.update(sl.stop - sl.start)
+    bar.close()
+
+    out = pd.DataFrame(
+        {
+            "unit": units[u_idx],
+            "start": s_idx,
+            "start_seed": start_seed[s_idx],
+            "cls": start_cls[s_idx],
+            "step": k_idx,
+            "target": values.numpy()[u_idx, k_idx],
+            "realised": realised,
+            "pred": pred,
+            "prob_cls": prob_cls,
+        }
+    )
+    if factors is not None:
+        for j, fname in enumerate(factor_names):
+            out[f"factor__{fname}"] = factors[:, j]
+    extra = {"masks": masks, "part_names": np.array(part_names)} if masks is not None else {}
+    write_npz(paths.tune_arrays(name, shard), unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, w=w_out, images=images, **extra)
+    write_parquet(out, paths.tune_table(name, shard))
+    ctx.wrote(paths.tune_arrays(name, shard), paths.tune_table(name, shard))

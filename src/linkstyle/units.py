@@ -1,0 +1,47 @@
+"""Which units of which classifier are analysed, and in which shards.
+
+Known without loading weights or importing torch, because Snakemake needs the shard
+count when it builds the DAG, before anything is trained.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .config import ClassifierConfig, Config, ConfigError
+
+#: Penultimate width of each demo architecture (checked against torchvision by the tests).
+DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
+
+UNIT_COUNTERS: dict[str, Callable[[Config, ClassifierConfig], int]] = {
+    "demo": lambda cfg, clf: DEMO_UNITS[clf.arch],
+}
+
+
+def unit_count(cfg: Config, name: str) -> int:
+    """Units of the penultimate layer of classifier ``name``."""
+    clf = cfg.classifier(name)
+    try:
+        counter = UNIT_COUNTERS[clf.kind]
+    except KeyError:
+        raise ConfigError(f"classifiers: unknown classifier kind '{clf.kind}'; valid kinds: {', '.join(UNIT_COUNTERS)}") from None
+    return counter(cfg, clf)
+
+
+def analysed_units(cfg: Config, name: str) -> list[int]:
+    """The unit indices the config asks for, checked against the classifier's unit count."""
+    count = unit_count(cfg, name)
+    if cfg.tune.units == "all":
+        return list(range(count))
+    bad = [u for u in cfg.tune.units if u >= count]
+    if bad:
+        raise ConfigError(
+            f"tune.units: {bad} out of range for classifier '{name}', which has {count} units (valid 0..{count - 1})"
+        )
+    return sorted(cfg.tune.units)
+
+
+def unit_shards(cfg: Config, name: str) -> list[list[int]]:
+    units = analysed_units(cfg, name)
+    size = cfg.tune.units_per_shard
+    return [units[i : i + size] for i in range(0, len(units), size)]

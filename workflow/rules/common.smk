@@ -1,0 +1,47 @@
+# Shared by every rule: the validated config, the artifact layout, the command that runs a stage.
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from linkstyle.config import ConfigError, from_dict  # noqa: E402
+from linkstyle.io import write_text  # noqa: E402
+from linkstyle.paths import RunPaths  # noqa: E402
+from linkstyle.units import unit_shards  # noqa: E402
+
+try:
+    CFG = from_dict(config)
+    SHARDS = {c.name: len(unit_shards(CFG, c.name)) for c in CFG.classifiers}
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+PATHS = RunPaths(CFG.run_dir)
+CLASSIFIERS = [c.name for c in CFG.classifiers]
+TRAINED = [c.name for c in CFG.classifiers if c.kind == "demo"]
+
+# Every stage reads the resolved config (defaults filled in) from the run folder. It is
+# rewritten only when its content changes; reruns are driven by the per-rule params below.
+_resolved = yaml.safe_dump(CFG.raw, sort_keys=False)
+if not PATHS.config.exists() or PATHS.config.read_text() != _resolved:
+    write_text(_resolved, PATHS.config)
+CONFIG = str(PATHS.config)
+
+# Run a stage in the job's own Python (the venv's, or the conda env's with --sdm conda).
+STAGE = f"PYTHONPATH={Path(workflow.basedir) / 'src'}${{PYTHONPATH:+:$PYTHONPATH}} python -m linkstyle"
+
+
+wildcard_constraints:
+    clf="|".join(CLASSIFIERS),
+    cls=r"\d+",
+    shard=r"\d+",
+
+
+def digest(*sections):
+    """Rerun a rule when, and only when, the config sections it reads change."""
+    return CFG.digest(*sections)
+
+
+def classifier_spec(wildcards):
+    return repr(CFG.classifier(wildcards.clf))

@@ -1,0 +1,61 @@
+def classifier_weights(wildcards=None):
+    return [PATHS.classifier_weights(name) for name in TRAINED]
+
+
+rule sample:
+    """Draw the latents of one shard of one class."""
+    output:
+        PATHS.samples("{cls}", "{shard}"),
+    params:
+        config=digest("seed", "generator", "sample"),
+    log:
+        PATHS.log("sample", "{cls}", "{shard}"),
+    benchmark:
+        PATHS.benchmark("sample", "{cls}", "{shard}")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} sample --config {CONFIG} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
+
+
+rule extract:
+    """Render one sample shard once and record every classifier's features and verdict."""
+    input:
+        PATHS.samples("{cls}", "{shard}"),
+        classifier_weights,
+    output:
+        table=PATHS.extract_table("{cls}", "{shard}"),
+        arrays=PATHS.extract_arrays("{cls}", "{shard}"),
+    params:
+        config=digest("seed", "generator", "classifiers"),
+    log:
+        PATHS.log("extract", "{cls}", "{shard}"),
+    benchmark:
+        PATHS.benchmark("extract", "{cls}", "{shard}")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} extract --config {CONFIG} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
+
+
+rule select:
+    """Keep the samples a classifier gets right; split train/test by seed; pick sweep starts and bounds."""
+    input:
+        [PATHS.extract_table(c, s) for c in CFG.classes for s in range(CFG.sample.shards_per_class)],
+        [PATHS.extract_arrays(c, s) for c in CFG.classes for s in range(CFG.sample.shards_per_class)],
+    output:
+        table=PATHS.select_table("{clf}"),
+        arrays=PATHS.select_arrays("{clf}"),
+    params:
+        config=digest("select", "tune"),
+    log:
+        PATHS.log("select", "{clf}"),
+    benchmark:
+        PATHS.benchmark("select", "{clf}")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} select --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
