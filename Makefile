@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` (the pipeline on the built-in world) and `make test`.
+# Both create or reuse .venv and install what they need; nothing is downloaded at run time.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.linkstyle-installed
+CORES  ?= 2
+SNAKEMAKE_ARGS ?=
+
+.PHONY: install run dry-run test test-fast clean-results
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+# The whole pipeline on config/config.yaml; results/<run>/report.html at the end.
+run: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores $(CORES) --rerun-incomplete $(SNAKEMAKE_ARGS)
+	@echo "report: results/$$($(BIN)/python -m linkstyle config -c config/config.yaml | sed -n 's/^run: //p')/report.html"
+
+dry-run: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
+
+test: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --durations=15
+
+test-fast: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 -m "not slow"
+
+clean-results:
+	rm -rf results .snakemake

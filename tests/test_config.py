@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from linkstyle.config import ConfigError, from_dict, load_config, schema
+from linkstyle.units import DEMO_UNITS, analysed_units, unit_shards
+
+
+def _walk(node, path=()):
+    if node.get("type") == "object" or "properties" in node:
+        for key, sub in node.get("properties", {}).items():
+            yield path + (key,), sub
+            yield from _walk(sub, path + (key,))
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], path + ("[]",))
+
+
+def test_every_key_has_a_description_and_a_default():
+    for path, sub in _walk(schema()):
+        assert sub.get("description"), f"{'.'.join(path)} has no description"
+        if "[]" not in path or path[-1] != "name":
+            assert "default" in sub, f"{'.'.join(path)} has no default"
+
+
+def test_defaults_fill_an_empty_config():
+    cfg = from_dict({})
+    assert cfg.generator.kind == "critters"
+    assert cfg.classes == tuple(range(cfg.generator.num_classes))
+    assert [c.name for c in cfg.classifiers] == ["resnet18", "regnet"]
+    assert cfg.tune.units == "all"
+    assert cfg.raw["tune"]["n_steps"] == 3
+
+
+def test_the_shipped_default_config_is_valid(repo):
+    cfg = load_config(repo / "config" / "config.yaml")
+    assert cfg.run
+
+
+def test_unknown_generator_lists_the_valid_kinds():
+    with pytest.raises(ConfigError, match=r"generator.kind: 'biggan' is not allowed; valid values: critters"):
+        from_dict({"generator": {"kind": "biggan"}})
+
+
+def test_unknown_key_names_the_allowed_keys():
+    with pytest.raises(ConfigError, match=r"tune: Additional properties .*'nsteps'.*allowed keys: .*n_steps"):
+        from_dict({"tune": {"nsteps": 3}})
+
+
+def test_out_of_range_value_names_the_key_and_the_limit():
+    with pytest.raises(ConfigError, match=r"tune.n_steps: 1 is less than the minimum of 2"):
+        from_dict({"tune": {"n_steps": 1}})
+
+
+def test_class_out_of_range_names_the_class_count():
+    with pytest.raises(ConfigError, match=r"classes: \[7\] out of range.*num_classes=5"):
+        from_dict({"classes": [0, 7]})
+
+
+def test_duplicate_classifier_names_are_rejected():
+    with pytest.raises(ConfigError, match="names must be unique"):
+        from_dict({"classifiers": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_unit_out_of_range_names_the_unit_count():
+    cfg = from_dict({"tune": {"units": [3, 600]}})
+    with pytest.raises(ConfigError, match=r"\[600\] out of range for classifier 'resnet18', which has 512 units"):
+        analysed_units(cfg, "resnet18")
+
+
+def test_unit_shards_cover_every_unit_once():
+    cfg = from_dict({"tune": {"units_per_shard": 100}})
+    shards = unit_shards(cfg, "regnet")
+    assert [len(s) for s in shards] == [100, 100, 100, 100]
+    assert sorted(u for s in shards for u in s) == list(range(400))
+
+
+def test_demo_unit_table_matches_torchvision():
+    from linkstyle.classifiers import last_linear
+    from linkstyle.classifiers.demo import build_demo_net
+
+    for arch, units in DEMO_UNITS.items():
+        assert last_linear(build_demo_net(arch, 5, 64)).in_features == units
+
+
+def test_digest_changes_only_with_its_sections():
+    a = from_dict({})
+    b = from_dict({"tune": {"n_steps": 5}})
+    assert a.digest("link") == b.digest("link")
+    assert a.digest("tune") != b.digest("tune")
+
+
+def test_cli_reports_config_errors_cleanly(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("generator:\n  resolution: 16\n")
+    proc = subprocess.run([sys.executable, "-m", "linkstyle", "config", "-c", str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "generator.resolution: 16 is less than the minimum of 32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
