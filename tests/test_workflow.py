@@ -1,0 +1,153 @@
+"""The real workflow, end to end, on a tiny built-in world (slow), and its dry-runs (fast)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from linkstyle.config import load_config
+from linkstyle.measures import PROPERTIES
+from linkstyle.paths import RunPaths
+
+from .conftest import run_snakemake
+
+TINY = {
+    "run": "tiny",
+    "generator": {"num_classes": 3, "resolution": 32},
+    "train": {"steps": 80, "batch_size": 32, "eval_samples": 300, "min_accuracy": 0.6},
+    "sample": {"per_class": 60, "per_shard": 60},
+    "select": {"starts_per_class": 2},
+    "link": {"cycle_samples": 60},
+    "tune": {"units": list(range(16)), "units_per_shard": 6, "batch_size": 64},
+}
+N_PARTS = 8
+
+
+def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
+    proc = run_snakemake("--directory", str(tmp_path), "-n", "--quiet", "rules")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout + proc.stderr
+    for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15, "selectivity": 2, "report": 1}.items():
+        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
+
+
+def test_dry_run_rejects_a_bad_config_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tune:\n  bounds: median\n")
+    proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(bad), "-n")
+    assert proc.returncode != 0
+    assert "tune.bounds: 'median' is not allowed; valid values: minmax, percentile" in proc.stderr + proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("workflow")
+    cfg_file = work / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(TINY))
+    proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "--cores", "2")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return work, cfg_file, RunPaths(work / "results" / "tiny")
+
+
+@pytest.mark.slow
+def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
+    _, _, paths = tiny_run
+    summary = json.loads(paths.summary.read_text())
+    assert set(summary["classifiers"]) == {"resnet18", "regnet"}
+    for name, s in summary["classifiers"].items():
+        assert s["heldout_accuracy"] >= 0.6, (name, s)
+        assert s["units_analysed"] == 16
+        assert s["units_in_model"] == {"resnet18": 512, "regnet": 400}[name]
+        assert s["link_r2_test"] > 0.2, (name, s)
+        assert s["cycle_agreement_test"] > 0.6, (name, s)
+    for stage in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity"):
+        assert summary["timing"][stage]["seconds"] > 0
+    assert 0 < summary["peak_job_rss_mb"] < 4096
+    html = paths.report.read_text()
+    assert html.count("<img") >= 7 and "Headline" in html
+
+
+@pytest.mark.slow
+def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
+    _, _, paths = tiny_run
+    for name in ("resnet18", "regnet"):
+        units = pd.read_parquet(paths.selectivity_units(name))
+        assert sorted(units["unit"]) == list(range(16))
+        assert units["realised_corr"].between(-1, 1).all()
+        feats = pd.read_parquet(paths.selectivity_features(name))
+        measures = feats[feats["kind"] == "measure"]
+        assert len(measures) == 16 * N_PARTS * len(PROPERTIES)
+        assert feats[feats["kind"] == "factor"]["property"].nunique() >= 15
+        # body area is measured in every sweep: a finite change for every unit
+        body_area = measures[(measures["part"] == "body") & (measures["property"] == "area")]
+        assert np.isfinite(body_area["delta"]).all()
+
+
+@pytest.mark.slow
+def test_tiny_workflow_shards_hold_images_of_the_right_shape(tiny_run):
+    _, _, paths = tiny_run
+    arrays = np.load(paths.tune_arrays("resnet18", 0))
+    n = 6 * 6 * 3  # units in shard x (3 classes x 2 starts) x steps
+    assert arrays["images"].shape == (n, 32, 32, 3) and arrays["images"].dtype == np.uint8
+    assert arrays["masks"].shape == (n, 32, 32) and arrays["masks"].max() < N_PARTS
+    table = pd.read_parquet(paths.tune_table("resnet18", 2))
+    assert sorted(table["unit"].unique()) == [12, 13, 14, 15]
+    # the sweep sets the target activation from low to high for every unit and start
+    steps = table.pivot_table(index=["unit", "start"], columns="step", values="target")
+    assert (steps[2] >= steps[0]).all()
+
+
+@pytest.mark.slow
+def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
+    work, _, paths = tiny_run
+    assert not [p for p in paths.root.rglob("*") if ".tmp" in p.name]
+    for rule in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report"):
+        logs = list((paths.root / "logs" / rule).glob("*.log"))
+        assert logs and all(p.stat().st_size > 0 for p in logs), rule
+
+
+@pytest.mark.slow
+def test_rerun_recomputes_only_what_is_missing(tiny_run):
+    work, cfg_file, paths = tiny_run
+    proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "-n", "--quiet", "rules")
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    paths.measure_table("regnet", 1).unlink()
+    proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "-n", "--quiet", "rules")
+    lines = {tuple(line.split()) for line in (proc.stdout + proc.stderr).splitlines()}
+    assert ("measure", "1") in lines and ("selectivity", "1") in lines and ("report", "1") in lines
+    assert not any(line and line[0] in {"train_classifier", "tune", "extract", "link"} for line in lines)
+    proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "--cores", "2")
+    assert proc.returncode == 0 and paths.measure_table("regnet", 1).exists()
+
+
+@pytest.mark.slow
+def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path):
+    """Re-tune with every unit in one shard, from the same link, through the library calls."""
+    from linkstyle.stages.context import Context
+    from linkstyle.stages.measure import run_measure
+    from linkstyle.stages.selectivity import run_selectivity
+    from linkstyle.stages.tune import run_tune
+
+    _, _, paths = tiny_run
+    raw = dict(TINY, results_dir=str(tmp_path), tune=dict(TINY["tune"], units_per_shard=16))
+    cfg = load_config(None, raw)
+    other = RunPaths(cfg.run_dir)
+    for sub in ("classifiers", "select", "link"):
+        shutil.copytree(paths.root / sub, other.root / sub)
+    ctx = Context(cfg)
+    run_tune(ctx, "resnet18", 0)
+    run_measure(ctx, "resnet18", 0)
+    run_selectivity(ctx, "resnet18")
+    a = pd.read_parquet(paths.selectivity_features("resnet18")).sort_values(["unit", "kind", "part", "property"]).reset_index(drop=True)
+    b = pd.read_parquet(other.selectivity_features("resnet18")).sort_values(["unit", "kind", "part", "property"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[["unit", "kind", "part", "property"]], b[["unit", "kind", "part", "property"]])
+    np.testing.assert_allclose(a["delta"], b["delta"], rtol=1e-3, atol=1e-3)
+    ua = pd.read_parquet(paths.selectivity_units("resnet18")).sort_values("unit").reset_index(drop=True)
+    ub = pd.read_parquet(other.selectivity_units("resnet18")).sort_values("unit").reset_index(drop=True)
+    np.testing.assert_allclose(ua["realised_corr"], ub["realised_corr"], rtol=1e-3, atol=1e-3)
