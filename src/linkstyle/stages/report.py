@@ -20,6 +20,7 @@ from ..classifiers import TRAINED_BY_WORKFLOW  # noqa: E402
 from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
+from .selectivity import UNRANKED  # noqa: E402
 
 #: A sweep counts as faithful when the classifier's own unit follows the target this closely.
 FAITHFUL_CORR = 0.5
@@ -88,7 +89,7 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
     cols = min(3, len(units))
     rows = math.ceil(len(units) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.4 * rows), squeeze=False)
-    meas = features[(features["kind"] == "measure") & (features["property"] != "n_components")]
+    meas = features[(features["kind"] == "measure") & ~features["property"].isin(UNRANKED)]
     for ax, unit in zip(axes.flat, units):
         f = meas[meas["unit"] == unit].dropna(subset=["delta_std"])
         f = f.reindex(f["delta_std"].abs().sort_values(ascending=False).index).head(bars)[::-1]
@@ -106,7 +107,7 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
 
 
 def figure_population(features: pd.DataFrame, units: pd.DataFrame, name: str, path: Path) -> bytes:
-    meas = features[(features["kind"] == "measure") & (features["property"] != "n_components")]
+    meas = features[(features["kind"] == "measure") & ~features["property"].isin(UNRANKED)]
     heat = meas.assign(mag=meas["delta_std"].abs()).pivot_table(index="part", columns="property", values="mag", aggfunc="mean", observed=True)
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1, 1, 2]})
     axes[0].hist(units["realised_corr"].dropna(), bins=20, range=(-1, 1), color="tab:gray")

@@ -18,8 +18,9 @@ from ..io import read_parquet, write_parquet
 from ..measures import PROPERTIES
 from .context import Context
 
-#: Properties whose change is not a magnitude (counts) are reported but never chosen as a unit's label.
-UNRANKED = frozenset({"n_components"})
+#: Reported, but never chosen as a unit's label: counts are not magnitudes, and motion (zero at the
+#: first step by definition) says that a part moved, not what about it changed.
+UNRANKED = frozenset({"n_components", "motion"})
 FACTOR_PREFIX = "factor__"
 
 
