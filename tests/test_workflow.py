@@ -56,6 +56,7 @@ def tiny_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
     _, _, paths = tiny_run
     summary = json.loads(paths.summary.read_text())
@@ -74,6 +75,7 @@ def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
     _, _, paths = tiny_run
     for name in ("resnet18", "regnet"):
@@ -90,6 +92,7 @@ def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_tiny_workflow_shards_hold_images_of_the_right_shape(tiny_run):
     _, _, paths = tiny_run
     arrays = np.load(paths.tune_arrays("resnet18", 0))
@@ -104,6 +107,7 @@ def test_tiny_workflow_shards_hold_images_of_the_right_shape(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
     work, _, paths = tiny_run
     assert not [p for p in paths.root.rglob("*") if ".tmp" in p.name]
@@ -113,6 +117,7 @@ def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_rerun_recomputes_only_what_is_missing(tiny_run):
     work, cfg_file, paths = tiny_run
     proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "-n", "--quiet", "rules")
@@ -127,6 +132,7 @@ def test_rerun_recomputes_only_what_is_missing(tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_workflow")
 def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path):
     """Re-tune with every unit in one shard, from the same link, through the library calls."""
     from linkstyle.stages.context import Context

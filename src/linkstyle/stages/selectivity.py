@@ -62,21 +62,25 @@ def _sweep_deltas(values: np.ndarray, axial: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int) -> pd.DataFrame:
-    """Does the classifier's own unit follow the sweep? Per unit over its S x K images."""
+    """Does the classifier's own unit follow the sweep? Per unit over its S x K images.
+
+    The correlation is taken within each start sample (start means removed): starts differ
+    in their baseline activation, which says nothing about whether the sweep moves the unit.
+    """
     target = tune["target"].to_numpy().reshape(n_units, n_starts, k)
     real = tune["realised"].to_numpy().reshape(n_units, n_starts, k)
     kept = (tune["pred"].to_numpy() == tune["cls"].to_numpy()).reshape(n_units, n_starts, k)
-    tc = target - target.mean((1, 2), keepdims=True)
-    rc = real - real.mean((1, 2), keepdims=True)
+    tc = target - target.mean(2, keepdims=True)
+    rc = real - real.mean(2, keepdims=True)
     den = np.sqrt((tc**2).sum((1, 2)) * (rc**2).sum((1, 2)))
     corr = np.where(den > 0, (tc * rc).sum((1, 2)) / np.maximum(den, 1e-12), np.nan)
-    span = target[:, :, -1] - target[:, :, 0]
+    span = (target[:, :, -1] - target[:, :, 0]).mean(1)
     rise = (real[:, :, -1] - real[:, :, 0]).mean(1)
     return pd.DataFrame(
         {
             "realised_corr": corr,
             "realised_rise": rise,
-            "rise_ratio": rise / np.where(span.mean(1) > 0, span.mean(1), np.nan),
+            "rise_ratio": rise / np.where(span > 0, span, np.nan),
             "monotonic": (np.diff(real, axis=2) > 0).all(2).mean(1),
             "class_kept": kept.mean((1, 2)),
         }
