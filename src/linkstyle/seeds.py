@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
-import torch
 
 from .config import ANALYSIS_SEED_LIMIT, SEEDS_PER_CLASS
 
@@ -29,10 +28,6 @@ def derive(*parts: object) -> int:
     """A stable 63-bit seed from any labels (stage name, classifier, shard...)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def torch_generator(*parts: object) -> torch.Generator:
-    return torch.Generator().manual_seed(derive(*parts))
 
 
 def in_test_split(seeds: np.ndarray, test_fraction: float) -> np.ndarray:

@@ -13,6 +13,9 @@ from .config import ClassifierConfig, Config, ConfigError
 #: Penultimate width of each demo architecture (checked against torchvision by the tests).
 DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 
+#: Kinds whose weights the workflow trains itself (a train rule exists for them).
+TRAINED_BY_WORKFLOW = frozenset({"demo"})
+
 UNIT_COUNTERS: dict[str, Callable[[Config, ClassifierConfig], int]] = {
     "demo": lambda cfg, clf: DEMO_UNITS[clf.arch],
 }

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from linkstyle.config import ConfigError, from_dict  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
-from linkstyle.units import unit_shards  # noqa: E402
+from linkstyle.units import TRAINED_BY_WORKFLOW, unit_shards  # noqa: E402
 
 try:
     CFG = from_dict(config)
@@ -19,7 +19,7 @@ except ConfigError as exc:
 
 PATHS = RunPaths(CFG.run_dir)
 CLASSIFIERS = [c.name for c in CFG.classifiers]
-TRAINED = [c.name for c in CFG.classifiers if c.kind == "demo"]
+TRAINED = [c.name for c in CFG.classifiers if c.kind in TRAINED_BY_WORKFLOW]
 
 # Every stage reads the resolved config (defaults filled in) from the run folder. It is
 # rewritten only when its content changes; reruns are driven by the per-rule params below.

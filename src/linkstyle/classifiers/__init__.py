@@ -21,8 +21,6 @@ def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Clas
 
 
 CLASSIFIER_KINDS: dict[str, Callable[[Config, ClassifierConfig, torch.device], Classifier]] = {"demo": _load_demo}
-#: Kinds whose weights the workflow trains itself (a train rule exists for them).
-TRAINED_BY_WORKFLOW = frozenset({"demo"})
 
 
 def _check_kind(kind: str) -> None:
@@ -39,7 +37,6 @@ def load_classifier(cfg: Config, name: str, device: torch.device) -> Classifier:
 __all__ = [
     "Classifier",
     "CLASSIFIER_KINDS",
-    "TRAINED_BY_WORKFLOW",
     "classifier_dir",
     "last_linear",
     "load_classifier",

@@ -1,18 +1,24 @@
-"""What every stage needs, built once and lazily: config, paths, device, networks."""
+"""What every stage needs, built once and lazily: config, paths, device, networks.
+
+Networks (and torch itself) are imported only when a stage asks for them, so CPU-only
+stages such as measure and selectivity start in a fraction of a second.
+"""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from ..classifiers import Classifier, load_classifier
 from ..config import Config
-from ..generators import Generator, build_generator
 from ..paths import RunPaths
-from ..runtime import resolve_device, setup_torch
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..classifiers import Classifier
+    from ..generators import Generator
 
 log = logging.getLogger("linkstyle")
 
@@ -21,25 +27,29 @@ log = logging.getLogger("linkstyle")
 class Context:
     cfg: Config
     threads: int = 0
-    _classifiers: dict[str, Classifier] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        setup_torch(self.threads or self.cfg.threads)
+    _classifiers: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @cached_property
     def paths(self) -> RunPaths:
         return RunPaths(self.cfg.run_dir)
 
     @cached_property
-    def device(self) -> torch.device:
+    def device(self) -> "torch.device":
+        from ..runtime import resolve_device, setup_torch
+
+        setup_torch(self.threads or self.cfg.threads)
         return resolve_device(self.cfg.device)
 
     @cached_property
-    def generator(self) -> Generator:
+    def generator(self) -> "Generator":
+        from ..generators import build_generator
+
         return build_generator(self.cfg.generator, self.cfg.seed).to(self.device)
 
-    def classifier(self, name: str) -> Classifier:
+    def classifier(self, name: str) -> "Classifier":
         if name not in self._classifiers:
+            from ..classifiers import load_classifier
+
             self._classifiers[name] = load_classifier(self.cfg, name, self.device)
         return self._classifiers[name]
 

@@ -16,9 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..classifiers import TRAINED_BY_WORKFLOW  # noqa: E402
 from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
-from ..units import analysed_units, unit_count  # noqa: E402
+from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
 from .selectivity import UNRANKED  # noqa: E402
 

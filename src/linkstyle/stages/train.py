@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..classifiers import TRAINED_BY_WORKFLOW
+from ..units import TRAINED_BY_WORKFLOW
 from ..classifiers.demo import save_demo, train_demo
 from ..config import ConfigError
 from ..io import write_json
