@@ -108,10 +108,21 @@ def _dispatch(args: argparse.Namespace) -> None:
     stage = importlib.import_module(f".stages.{args.command}", __package__)
     run = getattr(stage, f"run_{args.command}")
     wildcards = [getattr(args, arg) for arg, _, _ in STAGES[args.command][1]]
+    if getattr(args, "classifier", None) is not None:
+        cfg.classifier(args.classifier)  # unknown names fail here, listing the configured ones
     ctx = Context(cfg, threads=args.threads)
     start = time.perf_counter()
     run(ctx, *wildcards)
     logging.getLogger("linkstyle").info("%s done in %.1f s", args.command, time.perf_counter() - start)
+
+
+def _missing(exc: FileNotFoundError) -> str:
+    """Bare 'no such file' errors from readers become a hint about the stage that makes the file."""
+    text = str(exc)
+    path = exc.filename or (text if " " not in text.strip() else None)
+    if path is None:
+        return text
+    return f"missing input {path}; an earlier stage makes it: run `snakemake {path}` (or the whole workflow)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         _dispatch(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except ConfigError as exc:
         print(f"linkstyle {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"linkstyle {args.command}: error: {_missing(exc)}", file=sys.stderr)
         return 2
     return 0
 

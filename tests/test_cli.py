@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from linkstyle.cli import STAGES, build_parser
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "linkstyle", *args], capture_output=True, text=True)
+
+
+def test_help_lists_every_stage():
+    out = _run("--help").stdout
+    for stage in STAGES:
+        assert stage in out
+    assert "Snakemake" in out
+
+
+def test_each_stage_takes_its_wildcards():
+    parser = build_parser()
+    args = parser.parse_args(["tune", "--classifier", "resnet18", "--shard", "3", "--set", "tune.n_steps=5"])
+    assert (args.classifier, args.shard, args.set) == ("resnet18", 3, ["tune.n_steps=5"])
+
+
+def test_units_command_counts_units_and_shards():
+    proc = _run("units", "--set", "tune.units_per_shard=100")
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet18: 512 units, 512 analysed in 6 shards" in proc.stdout
+    assert "regnet: 400 units, 400 analysed in 4 shards" in proc.stdout
+
+
+def test_missing_upstream_artifact_is_a_clear_error(tmp_path):
+    proc = _run("link", "--classifier", "resnet18", "--set", f"results_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "linkstyle link: error: missing input" in proc.stderr and "samples.parquet" in proc.stderr and "run `snakemake" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_classifier_names_the_configured_ones(tmp_path):
+    proc = _run("select", "--classifier", "vgg", "--set", f"results_dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "unknown classifier 'vgg'; configured: resnet18, regnet" in proc.stderr
+
+
+def test_missing_weights_say_how_to_make_them(tmp_path):
+    from linkstyle.config import load_config
+    from linkstyle.stages.context import Context
+
+    ctx = Context(load_config(None, {"results_dir": str(tmp_path)}))
+    try:
+        ctx.classifier("resnet18")
+    except FileNotFoundError as exc:
+        assert "weights.pt" in str(exc) and "linkstyle train --classifier resnet18" in str(exc)
+    else:
+        raise AssertionError("expected FileNotFoundError")
