@@ -85,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
     p = sub.add_parser("config", parents=[common], help="Validate a config and print it with every default filled in.",
                        description="Validate a config and print it with every default filled in.")
+    p = sub.add_parser("doctor", parents=[common],
+                       help="List every file the config needs, whether it is present, and where it comes from.",
+                       description="List every file the config needs (generator pickle and checkout, classifier weights), "
+                       "whether each is present and valid, and where the official one comes from. Fetches nothing; "
+                       "exits 1 if a required file is missing.")
     p = sub.add_parser("units", parents=[common], help="Print each classifier's unit count and unit shards.",
                        description="Print each classifier's unit count and unit shards.")
     return parser
@@ -94,6 +99,15 @@ def _dispatch(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, _merge_all([_parse_override(s) for s in args.set]))
     if args.command == "config":
         sys.stdout.write(yaml.safe_dump(cfg.raw, sort_keys=False))
+        return
+    if args.command == "doctor":
+        from .doctor import assets, missing, report
+
+        items = assets(cfg)
+        print(report(items))
+        if missing(items):
+            print(f"{len(missing(items))} required file(s) missing or invalid", file=sys.stderr)
+            raise SystemExit(1)
         return
     if args.command == "units":
         from .units import unit_count, unit_shards

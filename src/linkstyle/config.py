@@ -22,6 +22,8 @@ import yaml
 #: Sample seeds of the analysis stay below this; demo-classifier training draws above it.
 ANALYSIS_SEED_LIMIT = 2**31
 SEEDS_PER_CLASS = 1_000_000
+CRITTERS_MAX_CLASSES = 16
+DEMO_ARCHS = ("resnet18", "regnet_x_400mf", "mobilenet_v3_small")
 
 
 class ConfigError(ValueError):
@@ -104,6 +106,24 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
                 f"classes: {bad} out of range; generator '{gen['kind']}' has num_classes="
                 f"{gen['num_classes']} (valid indices 0..{gen['num_classes'] - 1})"
             )
+    if gen["kind"] == "critters" and gen["num_classes"] > CRITTERS_MAX_CLASSES:
+        problems.append(f"generator.num_classes: the critters world has at most {CRITTERS_MAX_CLASSES} species, got {gen['num_classes']}")
+    if gen["kind"] == "stylegan":
+        for key in ("pickle", "repo"):
+            if not gen[key]:
+                problems.append(f"generator.{key}: required for generator.kind 'stylegan' ({_describe(schema(), ['generator', key])})")
+        if cfg["measure"]["segmenter"] == "ground_truth":
+            problems.append("measure.segmenter: 'ground_truth' needs the critters world's exact masks; for stylegan use 'whole_image'")
+    for i, clf in enumerate(cfg["classifiers"]):
+        kind, arch = clf["kind"], clf["arch"]
+        if kind == "demo" and arch not in DEMO_ARCHS:
+            problems.append(f"classifiers[{i}].arch: '{arch}' is not a demo architecture; valid: {', '.join(DEMO_ARCHS)}")
+        if kind == "demo" and gen["kind"] != "critters":
+            problems.append(f"classifiers[{i}]: kind 'demo' is trained on the critters world only; use torchvision or torchscript with '{gen['kind']}'")
+        if kind == "torchscript" and not clf["path"]:
+            problems.append(f"classifiers[{i}].path: required for kind 'torchscript' (the scripted module file)")
+        if kind == "torchvision" and not clf["weights"]:
+            problems.append(f"classifiers[{i}].weights: required for kind 'torchvision', e.g. IMAGENET1K_V1 or a state-dict path")
     names = [c["name"] for c in cfg["classifiers"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -147,6 +167,9 @@ class GeneratorConfig:
     resolution: int
     truncation_psi: float
     batch_size: int
+    pickle: str | None = None
+    repo: str | None = None
+    truncation_cutoff: int | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +177,10 @@ class ClassifierConfig:
     name: str
     kind: str
     arch: str
+    weights: str | None = None
+    path: str | None = None
+    num_units: int | None = None
+    allow_download: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +209,7 @@ class SampleConfig:
 class SelectConfig:
     test_fraction: float
     starts_per_class: int
+    max_per_class: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +234,7 @@ class TuneConfig:
 class MeasureConfig:
     segmenter: str
     entropy_radius: int
+    parts: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -273,7 +302,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         select=SelectConfig(**cfg["select"]),
         link=LinkConfig(**link),
         tune=TuneConfig(**tune),
-        measure=MeasureConfig(**cfg["measure"]),
+        measure=MeasureConfig(**{**cfg["measure"], "parts": tuple(cfg["measure"]["parts"]) if cfg["measure"]["parts"] else None}),
         report=ReportConfig(**cfg["report"]),
         raw=cfg,
     )

@@ -16,8 +16,32 @@ DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024
 #: Kinds whose weights the workflow trains itself (a train rule exists for them).
 TRAINED_BY_WORKFLOW = frozenset({"demo"})
 
+def _torchvision_units(cfg: Config, clf: ClassifierConfig) -> int:
+    from .classifiers.torchvision_kind import torchvision_unit_count
+
+    try:
+        return clf.num_units or torchvision_unit_count(clf.arch)
+    except ValueError as exc:
+        raise ConfigError(f"classifiers '{clf.name}': {exc}") from None
+
+
+def _torchscript_units(cfg: Config, clf: ClassifierConfig) -> int:
+    if clf.num_units:
+        return clf.num_units
+    from .classifiers.torchscript_kind import torchscript_unit_count
+
+    try:
+        return torchscript_unit_count(clf.path)  # type: ignore[arg-type]
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"classifiers '{clf.name}': {exc}; or give num_units in its config entry so the DAG builds without the file"
+        ) from None
+
+
 UNIT_COUNTERS: dict[str, Callable[[Config, ClassifierConfig], int]] = {
     "demo": lambda cfg, clf: DEMO_UNITS[clf.arch],
+    "torchvision": _torchvision_units,
+    "torchscript": _torchscript_units,
 }
 
 

@@ -45,3 +45,14 @@ def digest(*sections):
 
 def classifier_spec(wildcards):
     return repr(CFG.classifier(wildcards.clf))
+
+
+onstart:
+    # Before the first job (never in a dry-run): every file the config needs must be there.
+    from linkstyle.doctor import assets, missing, report
+
+    _missing = missing(assets(CFG))
+    if _missing:
+        raise WorkflowError(
+            "files this config needs are missing (see `linkstyle doctor --config FILE`):\n" + report(_missing)
+        )

@@ -20,7 +20,23 @@ def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Clas
     return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device)
 
 
-CLASSIFIER_KINDS: dict[str, Callable[[Config, ClassifierConfig, torch.device], Classifier]] = {"demo": _load_demo}
+def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from .torchvision_kind import load_torchvision
+
+    return load_torchvision(clf.arch, clf.weights, name=clf.name, device=device, allow_download=clf.allow_download)
+
+
+def _load_torchscript(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from .torchscript_kind import load_torchscript
+
+    return load_torchscript(clf.path, name=clf.name, device=device)  # type: ignore[return-value,arg-type]
+
+
+CLASSIFIER_KINDS: dict[str, Callable[[Config, ClassifierConfig, torch.device], Classifier]] = {
+    "demo": _load_demo,
+    "torchvision": _load_torchvision,
+    "torchscript": _load_torchscript,
+}
 
 
 def _check_kind(kind: str) -> None:
@@ -29,9 +45,20 @@ def _check_kind(kind: str) -> None:
 
 
 def load_classifier(cfg: Config, name: str, device: torch.device) -> Classifier:
-    clf = cfg.classifier(name)
-    _check_kind(clf.kind)
-    return CLASSIFIER_KINDS[clf.kind](cfg, clf, device)
+    """Load a configured classifier and check it against what the config expects of it."""
+    from ..units import unit_count
+
+    spec = cfg.classifier(name)
+    _check_kind(spec.kind)
+    clf = CLASSIFIER_KINDS[spec.kind](cfg, spec, device)
+    expected = unit_count(cfg, name)
+    if clf.num_units != expected:
+        raise ConfigError(f"classifier '{name}' has {clf.num_units} penultimate units, but the workflow planned {expected}; fix num_units")
+    if clf.num_classes <= max(cfg.classes):
+        raise ConfigError(
+            f"classifier '{name}' has {clf.num_classes} classes, which does not cover the class set {list(cfg.classes)}"
+        )
+    return clf
 
 
 __all__ = [

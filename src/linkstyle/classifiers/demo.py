@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from ..config import DEMO_ARCHS
 from ..generators.base import Generator
 from ..runtime import batches, progress
 from ..seeds import EVAL_SEED_BASE, TRAIN_SEED_BASE, derive
@@ -26,7 +27,6 @@ from .wrapper import Classifier
 
 log = logging.getLogger(__name__)
 
-DEMO_ARCHS = ("resnet18", "regnet_x_400mf", "mobilenet_v3_small")
 #: The generator already outputs [-1, 1]; mapping it to [0, 1] and normalising by 0.5 restores [-1, 1].
 DEMO_MEAN = (0.5, 0.5, 0.5)
 DEMO_STD = (0.5, 0.5, 0.5)

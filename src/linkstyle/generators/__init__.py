@@ -14,7 +14,18 @@ def _critters(cfg: GeneratorConfig, seed: int) -> Generator:
     return Critters(num_classes=cfg.num_classes, resolution=cfg.resolution, seed=seed)
 
 
-GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {"critters": _critters}
+def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
+    from .stylegan import load_stylegan
+
+    gen = load_stylegan(cfg.pickle, cfg.repo, truncation_cutoff=cfg.truncation_cutoff)  # type: ignore[arg-type]
+    if gen.num_classes != cfg.num_classes:
+        raise ConfigError(
+            f"generator.num_classes: the network in {cfg.pickle} has {gen.num_classes} classes, the config says {cfg.num_classes}"
+        )
+    return gen
+
+
+GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {"critters": _critters, "stylegan": _stylegan}
 
 
 def build_generator(cfg: GeneratorConfig, seed: int) -> Generator:

@@ -20,7 +20,9 @@ def segment(ctx: Context, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tu
                 f"'{ctx.cfg.generator.kind}' has none"
             )
         return arrays["masks"], tuple(str(p) for p in arrays["part_names"])
-    raise ConfigError(f"measure.segmenter: unknown segmenter '{ctx.cfg.measure.segmenter}'; valid: ground_truth")
+    if ctx.cfg.measure.segmenter == "whole_image":
+        return np.zeros(arrays["images"].shape[:3], dtype=np.uint8), ("image",)
+    raise ConfigError(f"measure.segmenter: unknown segmenter '{ctx.cfg.measure.segmenter}'; valid: ground_truth, whole_image")
 
 
 def run_measure(ctx: Context, name: str, shard: int) -> None:

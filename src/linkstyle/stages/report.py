@@ -234,7 +234,7 @@ def run_report(ctx: Context) -> None:
     summary = {
         "run": cfg.run,
         "generator": cfg.generator.kind,
-        "resolution": cfg.generator.resolution,
+        "resolution": int(read_npz(paths.tune_arrays(cfg.classifiers[0].name, 0))["images"].shape[1]),
         "classes": list(cfg.classes),
         "classifiers": summary_clf,
         "timing": timing,

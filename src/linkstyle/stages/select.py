@@ -8,7 +8,7 @@ import pandas as pd
 from ..config import ConfigError
 from ..io import read_npz, read_parquet, write_npz, write_parquet
 from ..seeds import in_test_split
-from .context import Context
+from .context import Context, log
 
 
 def extract_shards(ctx: Context) -> list[tuple[int, int]]:
@@ -40,6 +40,15 @@ def run_select(ctx: Context, name: str) -> None:
     w, r = np.concatenate(ws), np.concatenate(rs)
     order = np.argsort(table["seed"].to_numpy(), kind="stable")
     table, w, r = table.iloc[order].reset_index(drop=True), w[order], r[order]
+    cap = cfg.select.max_per_class
+    if cap is not None:
+        rank = table.groupby("cls").cumcount().to_numpy()  # seeds ascend within each class
+        keep = rank < cap
+        short = table[keep].groupby("cls").size()
+        for cls, count in short[short < cap].items():
+            log.warning("classifier %s: class %s has %d correctly classified samples, fewer than select.max_per_class=%d",
+                        name, cls, count, cap)
+        table, w, r = table[keep].reset_index(drop=True), w[keep], r[keep]
     test = in_test_split(table["seed"].to_numpy(), cfg.select.test_fraction)
     table["split"] = np.where(test, "test", "train")
     table["start"] = False

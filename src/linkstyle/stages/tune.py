@@ -50,7 +50,7 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
     n_u, n_s = len(units), len(starts)
     u_idx, s_idx, k_idx = (a.reshape(-1) for a in np.meshgrid(np.arange(n_u), np.arange(n_s), np.arange(k), indexing="ij"))
     n = len(u_idx)
-    res = cfg.generator.resolution
+    res = gen.resolution
     images = np.empty((n, res, res, 3), dtype=np.uint8)
     masks: np.ndarray | None = None
     factors: np.ndarray | None = None

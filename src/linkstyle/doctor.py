@@ -1,0 +1,89 @@
+"""Every file a config needs, whether it is there, and where the official one comes from.
+
+Nothing is fetched: this only looks. The workflow runs the same check before its first job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+from .paths import RunPaths
+
+STYLEGAN_SOURCES = (
+    "the official pickles are listed in the README of github.com/autonomousvision/stylegan-xl "
+    "(StyleGAN-XL) or github.com/NVlabs/stylegan3 (StyleGAN3, StyleGAN2)"
+)
+
+
+@dataclass(frozen=True)
+class Asset:
+    what: str
+    path: str
+    present: bool
+    required: bool
+    source: str
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.present and not self.problem or not self.required
+
+
+def _pickle_problem(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    return "" if head[:1] == b"\x80" else "not a Python pickle (it should start with the pickle protocol byte)"
+
+
+def assets(cfg: Config) -> list[Asset]:
+    out: list[Asset] = []
+    gen = cfg.generator
+    if gen.kind == "critters":
+        out.append(Asset("generator: built-in critters world", "(built in)", True, True, "part of linkstyle"))
+    elif gen.kind == "stylegan":
+        pkl = Path(gen.pickle or "")
+        present = pkl.is_file()
+        out.append(Asset("generator: StyleGAN network pickle", str(pkl), present, True, STYLEGAN_SOURCES,
+                         _pickle_problem(pkl) if present else ""))
+        repo = Path(gen.repo or "")
+        has_legacy = (repo / "legacy.py").is_file()
+        out.append(Asset("generator: checkout of the official StyleGAN repository (its code rebuilds the pickle)",
+                         str(repo), repo.is_dir(), True,
+                         "git clone https://github.com/autonomousvision/stylegan-xl (or NVlabs/stylegan3)",
+                         "" if not repo.is_dir() or has_legacy else "no legacy.py in it: not an official StyleGAN checkout"))
+    paths = RunPaths(cfg.run_dir)
+    for clf in cfg.classifiers:
+        if clf.kind == "demo":
+            path = paths.classifier_weights(clf.name)
+            out.append(Asset(f"classifier {clf.name}: demo {clf.arch} weights", str(path), path.exists(), False,
+                             "trained by the workflow (rule train_classifier)"))
+        elif clf.kind == "torchvision":
+            from .classifiers.torchvision_kind import weights_asset
+
+            info = weights_asset(clf.arch, clf.weights)
+            out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
+                             not clf.allow_download, str(info["source"])))
+        elif clf.kind == "torchscript":
+            path = Path(clf.path or "")
+            out.append(Asset(f"classifier {clf.name}: TorchScript module with features(x) and head(r)", str(path),
+                             path.is_file(), True, "your own torch.jit.script(...).save(path) (see docs)"))
+    return out
+
+
+def report(items: list[Asset]) -> str:
+    lines = []
+    for a in items:
+        mark = "ok     " if a.present and not a.problem else ("MISSING" if a.required and not a.present else
+                                                             "INVALID" if a.problem else "later  ")
+        lines.append(f"[{mark}] {a.what}\n          {a.path}")
+        if a.problem:
+            lines.append(f"          problem: {a.problem}")
+        if not a.present or a.problem:
+            lines.append(f"          from: {a.source}")
+    return "\n".join(lines)
+
+
+def missing(items: list[Asset]) -> list[Asset]:
+    return [a for a in items if not a.ok]
