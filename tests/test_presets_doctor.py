@@ -1,0 +1,85 @@
+"""The paper presets plan without any weights present; doctor and the pre-run check name what is missing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from linkstyle.config import ConfigError, from_dict, load_config
+from linkstyle.doctor import assets, missing
+
+from .conftest import REPO, run_snakemake
+
+PRESETS = sorted((REPO / "config" / "presets").glob("paper-*.yaml"))
+
+
+def test_there_is_a_preset_per_class_set():
+    assert [p.stem for p in PRESETS] == ["paper-birds", "paper-cars", "paper-dogs", "paper-fungi"]
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_preset_is_valid_and_has_the_papers_settings(preset):
+    cfg = load_config(preset)
+    assert cfg.generator.kind == "stylegan" and cfg.generator.truncation_psi == 0.7
+    assert [c.arch for c in cfg.classifiers] == ["resnet50", "vgg16", "alexnet", "densenet201"]
+    assert cfg.select.max_per_class == 5000 and cfg.tune.units == "all"
+    assert cfg.measure.parts
+
+
+def test_dogs_preset_dry_run_builds_the_dag_without_weights(tmp_path):
+    proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(REPO / "config/presets/paper-dogs.yaml"), "-n", "--quiet", "rules")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    planned = {tuple(line.split()) for line in out.splitlines()}
+    # 2048 + 4096 + 4096 + 1920 units in shards of 128; 5 classes x 15 sample shards
+    assert ("tune", str(16 + 32 + 32 + 15)) in planned, out[-2000:]
+    assert ("extract", "75") in planned and ("train_classifier", "1") not in planned
+
+
+def test_doctor_lists_what_is_missing_and_where_it_comes_from(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "linkstyle", "doctor", "-c", str(REPO / "config/presets/paper-dogs.yaml"),
+                           "--set", f"generator.pickle={tmp_path}/G.pkl", "--set", f"generator.repo={tmp_path}/repo"],
+                          capture_output=True, text=True, env={"TORCH_HOME": str(tmp_path / "th"), "PATH": ""})
+    assert proc.returncode == 1
+    assert "[MISSING] generator: StyleGAN network pickle" in proc.stdout
+    assert "github.com/autonomousvision/stylegan-xl" in proc.stdout
+    assert "resnet50-0676ba61.pth" in proc.stdout and "download.pytorch.org" in proc.stdout
+
+
+def test_doctor_flags_a_file_that_is_not_a_pickle(tmp_path):
+    (tmp_path / "G.pkl").write_text("not a pickle")
+    (tmp_path / "repo").mkdir()
+    cfg = from_dict({"generator": {"kind": "stylegan", "pickle": str(tmp_path / "G.pkl"), "repo": str(tmp_path / "repo"), "num_classes": 3},
+                     "classifiers": [{"name": "ts", "kind": "torchscript", "path": str(tmp_path / "m.pt"), "num_units": 8}],
+                     "measure": {"segmenter": "whole_image"}})
+    bad = missing(assets(cfg))
+    by_what = {("pickle" if "network pickle" in a.what else "checkout" if "checkout" in a.what else a.what.split(":")[0]): a for a in bad}
+    assert "not a Python pickle" in by_what["pickle"].problem
+    assert "legacy.py" in by_what["checkout"].problem
+    assert not by_what["classifier ts"].present
+
+
+def test_stylegan_needs_its_files_and_a_measurable_segmenter():
+    with pytest.raises(ConfigError) as err:
+        from_dict({"generator": {"kind": "stylegan"}})
+    assert "generator.pickle: required" in str(err.value) and "generator.repo: required" in str(err.value)
+    assert "measure.segmenter: 'ground_truth' needs the critters world" in str(err.value)
+
+
+def test_demo_classifiers_need_the_critters_world():
+    with pytest.raises(ConfigError, match="kind 'demo' is trained on the critters world only"):
+        from_dict({"generator": {"kind": "stylegan", "pickle": "a", "repo": "b"}, "measure": {"segmenter": "whole_image"}})
+
+
+def test_a_real_run_stops_before_any_job_when_files_are_missing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"run: r\ngenerator: {{kind: stylegan, pickle: {tmp_path}/G.pkl, repo: {tmp_path}/repo, num_classes: 3}}\n"
+                   f"classifiers: [{{name: ts, kind: torchscript, path: {tmp_path}/m.pt, num_units: 8}}]\n"
+                   "measure: {segmenter: whole_image}\n")
+    proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "1")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "files this config needs are missing" in out and f"{tmp_path}/G.pkl" in out
+    assert not (tmp_path / "results" / "r" / "samples").exists()
