@@ -259,6 +259,7 @@ class Config:
     tune: TuneConfig
     measure: MeasureConfig
     report: ReportConfig
+    precision: str = "fp32"
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
 
     @property
@@ -292,6 +293,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         run=cfg["run"],
         results_dir=cfg["results_dir"],
         device=cfg["device"],
+        precision=cfg["precision"],
         threads=cfg["threads"],
         seed=cfg["seed"],
         generator=GeneratorConfig(**gen),

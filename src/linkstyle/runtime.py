@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from typing import Iterator
+from contextlib import nullcontext
+from typing import Callable, ContextManager, Iterator
 
 import torch
 from tqdm import tqdm
@@ -28,6 +30,39 @@ def setup_torch(threads: int = 0) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+log = logging.getLogger("linkstyle")
+
+
+def autocast(device: torch.device, precision: str) -> ContextManager:
+    """Mixed precision for synthesis and classifiers ('fp32' leaves everything in float32)."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def run_batched(n: int, size: int, step: Callable[[slice], None], on_done: Callable[[int], None] | None = None) -> int:
+    """Call ``step`` on consecutive slices of ``range(n)``; on a CUDA out-of-memory error, halve the
+    batch and retry the same slice. Returns the batch size that worked."""
+    start = 0
+    while start < n:
+        stop = min(n, start + size)
+        try:
+            step(slice(start, stop))
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+            log.warning("out of GPU memory: batch size halved to %d", size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        if on_done is not None:
+            on_done(stop - start)
+        start = stop
+    return size
 
 
 def batches(n: int, size: int) -> Iterator[slice]:

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 
 from ..io import read_npz, write_npz, write_parquet
-from ..runtime import batches, progress
+from ..runtime import autocast, progress, run_batched
 from .context import Context
 
 
@@ -22,19 +22,20 @@ def run_extract(ctx: Context, cls: int, shard: int) -> None:
     feats = {name: np.empty((n, clf.num_units), dtype=np.float32) for name, clf in zip(names, clfs)}
     preds = {name: np.empty(n, dtype=np.int64) for name in names}
     probs = {name: np.empty((n, 2), dtype=np.float32) for name in names}
-    bar = progress(n, f"extract class {cls} shard {shard}")
-    for sl in batches(n, cfg.generator.batch_size):
-        images = ctx.generator.synthesize(w_all[sl].to(ctx.device))
-        for name, clf in zip(names, clfs):
-            r, logits = clf.features_and_logits(images)
-            p = logits.float().softmax(1)
-            pred = p.argmax(1)
-            feats[name][sl] = r.float().cpu().numpy()
-            preds[name][sl] = pred.cpu().numpy()
-            probs[name][sl, 0] = p.gather(1, pred[:, None])[:, 0].cpu().numpy()
-            probs[name][sl, 1] = p[:, cls].cpu().numpy()
-        bar.update(sl.stop - sl.start)
-    bar.close()
+    def step(sl: slice) -> None:
+        with autocast(ctx.device, cfg.precision):
+            images = ctx.generator.synthesize(w_all[sl].to(ctx.device, non_blocking=True))
+            for name, clf in zip(names, clfs):
+                r, logits = clf.features_and_logits(images)
+                p = logits.float().softmax(1)
+                pred = p.argmax(1)
+                feats[name][sl] = r.float().cpu().numpy()
+                preds[name][sl] = pred.cpu().numpy()
+                probs[name][sl, 0] = p.gather(1, pred[:, None])[:, 0].cpu().numpy()
+                probs[name][sl, 1] = p[:, cls].cpu().numpy()
+
+    with progress(n, f"extract class {cls} shard {shard}") as bar:
+        run_batched(n, cfg.generator.batch_size, step, bar.update)
     table = pd.concat(
         [
             pd.DataFrame(

@@ -18,7 +18,7 @@ from ..linking import (
     r2_score,
     row_correlation,
 )
-from ..runtime import batches
+from ..runtime import autocast, run_batched
 from ..seeds import derive
 from .context import Context
 
@@ -28,13 +28,18 @@ def cycle_consistency(ctx: Context, name: str, link: LinearLink, r: np.ndarray, 
     """Render the predicted w of each sample, classify it: same class? same features?"""
     gen, clf = ctx.generator, ctx.classifier(name)
     w_pred = torch.from_numpy(link(r).astype(np.float32))
-    agree, corr = [], []
-    for sl in batches(len(r), ctx.cfg.generator.batch_size):
-        images = gen.synthesize(w_pred[sl].to(ctx.device))
-        r2, logits = clf.features_and_logits(images)
-        agree.append(logits.argmax(1).cpu().numpy() == cls[sl])
-        corr.append(row_correlation(r[sl], r2.float().cpu().numpy()))
-    return {"cycle_agreement": float(np.concatenate(agree).mean()), "cycle_feature_correlation": float(np.concatenate(corr).mean())}
+    agree = np.empty(len(r), dtype=bool)
+    corr = np.empty(len(r))
+
+    def step(sl: slice) -> None:
+        with autocast(ctx.device, ctx.cfg.precision):
+            images = gen.synthesize(w_pred[sl].to(ctx.device))
+            r2, logits = clf.features_and_logits(images)
+        agree[sl] = logits.argmax(1).cpu().numpy() == cls[sl]
+        corr[sl] = row_correlation(r[sl], r2.float().cpu().numpy())
+
+    run_batched(len(r), ctx.cfg.generator.batch_size, step)
+    return {"cycle_agreement": float(agree.mean()), "cycle_feature_correlation": float(corr.mean())}
 
 
 def evaluate_link(link: LinearLink, r: np.ndarray, w: np.ndarray) -> dict[str, float]:

@@ -14,7 +14,7 @@ import torch
 
 from ..units import unit_shards
 from ..io import read_npz, read_parquet, write_npz, write_parquet
-from ..runtime import batches, progress
+from ..runtime import autocast, progress, run_batched
 from .context import Context
 from .link import load_link
 
@@ -52,39 +52,44 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
     n = len(u_idx)
     res = gen.resolution
     images = np.empty((n, res, res, 3), dtype=np.uint8)
-    masks: np.ndarray | None = None
-    factors: np.ndarray | None = None
-    factor_names: tuple[str, ...] = ()
-    part_names: tuple[str, ...] = ()
     w_out = np.empty((n, gen.w_dim), dtype=np.float32)
     realised = np.empty(n, dtype=np.float32)
     pred = np.empty(n, dtype=np.int64)
     prob_cls = np.empty(n, dtype=np.float32)
-    bar = progress(n, f"tune {name} shard {shard}")
-    for sl in batches(n, cfg.tune.batch_size):
+    truth_arrays: dict[str, np.ndarray] = {}
+    names_of: dict[str, tuple[str, ...]] = {}
+    unit_ids = torch.from_numpy(units)
+
+    def step(sl: slice) -> None:
         ui, si, ki = (torch.from_numpy(a[sl]) for a in (u_idx, s_idx, k_idx))
         r = r0[si].clone()
         rows = torch.arange(len(ui))
-        r[rows, torch.from_numpy(units)[ui]] = values[ui, ki]
-        w = r.to(ctx.device) @ coef + intercept
-        img, truth = gen.render(w)
-        feats, logits = clf.features_and_logits(img)
-        cols = torch.from_numpy(units)[ui].to(ctx.device)
-        realised[sl] = feats[rows.to(ctx.device), cols].float().cpu().numpy()
+        r[rows, unit_ids[ui]] = values[ui, ki]
+        w = r.to(ctx.device, non_blocking=True) @ coef + intercept
+        with autocast(ctx.device, cfg.precision):
+            img, truth = gen.render(w)
+            feats, logits = clf.features_and_logits(img)
+        dev_rows = rows.to(ctx.device)
+        realised[sl] = feats[dev_rows, unit_ids[ui].to(ctx.device)].float().cpu().numpy()
         p = logits.float().softmax(1)
         pred[sl] = p.argmax(1).cpu().numpy()
-        prob_cls[sl] = p[rows.to(ctx.device), torch.from_numpy(start_cls[si.numpy()]).to(ctx.device)].cpu().numpy()
+        prob_cls[sl] = p[dev_rows, torch.from_numpy(start_cls[si.numpy()]).to(ctx.device)].cpu().numpy()
         images[sl] = to_uint8(img)
         w_out[sl] = w.float().cpu().numpy()
         if truth is not None:
-            if masks is None:
-                masks = np.empty((n, res, res), dtype=np.uint8)
-                factors = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
-                factor_names, part_names = truth.factor_names, truth.part_names
-            masks[sl] = truth.masks.cpu().numpy()
-            factors[sl] = truth.factors.float().cpu().numpy()  # type: ignore[index]
-        bar.update(sl.stop - sl.start)
-    bar.close()
+            if not truth_arrays:
+                truth_arrays["masks"] = np.empty((n, res, res), dtype=np.uint8)
+                truth_arrays["factors"] = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
+                names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
+            truth_arrays["masks"][sl] = truth.masks.cpu().numpy()
+            truth_arrays["factors"][sl] = truth.factors.float().cpu().numpy()
+
+    with progress(n, f"tune {name} shard {shard}") as bar:
+        run_batched(n, cfg.tune.batch_size, step, bar.update)
+    masks = truth_arrays.get("masks")
+    factors = truth_arrays.get("factors")
+    factor_names = names_of.get("factors", ())
+    part_names = names_of.get("parts", ())
 
     out = pd.DataFrame(
         {
