@@ -90,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List every file the config needs (generator pickle and checkout, classifier weights), "
                        "whether each is present and valid, and where the official one comes from. Fetches nothing; "
                        "exits 1 if a required file is missing.")
+    p = sub.add_parser("convert-stylegan", help="Keep only G_ema of a StyleGAN pickle (for pickles whose discriminator will not load).",
+                       description="Rewrite a StyleGAN network pickle with only its generator (G_ema), so that it loads "
+                       "without the discriminator's dependencies. Run it where the official loader works.")
+    p.add_argument("input", help="the official network pickle")
+    p.add_argument("output", help="where to write the G_ema-only pickle")
+    p.add_argument("--repo", required=True, help="local checkout of the official repository")
     p = sub.add_parser("units", parents=[common], help="Print each classifier's unit count and unit shards.",
                        description="Print each classifier's unit count and unit shards.")
     return parser
 
 
 def _dispatch(args: argparse.Namespace) -> None:
+    if args.command == "convert-stylegan":
+        from .generators.stylegan import convert_stylegan
+
+        print(f"wrote {convert_stylegan(args.input, args.output, args.repo)}")
+        return
     cfg = load_config(args.config, _merge_all([_parse_override(s) for s in args.set]))
     if args.command == "config":
         sys.stdout.write(yaml.safe_dump(cfg.raw, sort_keys=False))

@@ -169,7 +169,6 @@ class GeneratorConfig:
     batch_size: int
     pickle: str | None = None
     repo: str | None = None
-    truncation_cutoff: int | None = None
 
 
 @dataclass(frozen=True)

@@ -323,8 +323,13 @@ def _read_state_dict(path: Path, what: str) -> dict[str, Any]:
 
 
 def _load_strict(net: nn.Module, state: Mapping[str, Any], what: str) -> None:
-    """``load_state_dict(strict=True)``, with key mismatches listed first as a ValueError."""
-    expected = net.state_dict().keys()
+    """``load_state_dict(strict=True)``, with key mismatches listed first as a ValueError.
+
+    A network built on the meta device takes the checkpoint's tensors (``assign=True``,
+    cast to the network's dtypes): no initialisation, no copy.
+    """
+    reference = net.state_dict()
+    expected = reference.keys()
     # BatchNorm fills num_batches_tracked itself for checkpoints older than its version 2 (torchvision's own files).
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -333,10 +338,23 @@ def _load_strict(net: nn.Module, state: Mapping[str, Any], what: str) -> None:
             f"{what} does not fit the architecture: {len(missing)} missing key(s): {_shorten(missing)}; "
             f"{len(unexpected)} unexpected key(s): {_shorten(unexpected)}"
         )
+    on_meta = any(t.is_meta for t in reference.values())
+    if on_meta:
+        cast: dict[str, Any] = OrderedDict(
+            (k, v.to(reference[k].dtype) if v.is_floating_point() and reference[k].is_floating_point() else v)
+            for k, v in state.items()
+        )
+        metadata = getattr(state, "_metadata", None)
+        if metadata is not None:
+            cast._metadata = metadata  # type: ignore[attr-defined]
+        state = cast
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(state, strict=True, assign=on_meta)
     except RuntimeError as exc:  # shape mismatches
         raise ValueError(f"{what} does not fit the architecture: {exc}") from None
+    left = [name for name, t in [*net.named_parameters(), *net.named_buffers()] if t.is_meta]
+    if left:  # cannot happen with torchvision's models; never hand out a half-built network
+        raise RuntimeError(f"{what}: tensors not filled by the checkpoint: {_shorten(left)}")
 
 
 # --------------------------------------------------------------------------- the classifier
@@ -468,12 +486,14 @@ def load_torchvision(
         state = _fix_legacy_keys(key, _strip_prefix(state))
     kwargs = _build_kwargs(key, pretrained=state is not None, crop_size=crop, state_keys=list(state or ()))
     num_classes = len(preset.meta["categories"])
-    if state is not None:
-        head_weight = state.get(f"{_head_name(_skeleton(key, **kwargs))}.weight")
-        if head_weight is not None and getattr(head_weight, "ndim", 0) == 2:
-            num_classes = int(head_weight.shape[0])
-    net = torchvision.models.get_model(key, weights=None, num_classes=num_classes, **kwargs)
-    if state is not None:
+    if state is None:
+        net = torchvision.models.get_model(key, weights=None, num_classes=num_classes, **kwargs)
+    else:
+        net = _skeleton(key, num_classes=num_classes, **kwargs)
+        head_weight = state.get(f"{_head_name(net)}.weight")
+        if getattr(head_weight, "ndim", 0) == 2 and int(head_weight.shape[0]) != num_classes:
+            num_classes = int(head_weight.shape[0])  # a fine-tuned head may have any number of classes
+            net = _skeleton(key, num_classes=num_classes, **kwargs)
         _load_strict(net, state, what)
         if key == "googlenet" and net.aux_logits:  # as torchvision's builder: aux heads are for training only
             net.aux_logits, net.aux1, net.aux2 = False, None, None

@@ -17,7 +17,10 @@ def _critters(cfg: GeneratorConfig, seed: int) -> Generator:
 def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
     from .stylegan import load_stylegan
 
-    gen = load_stylegan(cfg.pickle, cfg.repo, truncation_cutoff=cfg.truncation_cutoff)  # type: ignore[arg-type]
+    try:
+        gen = load_stylegan(cfg.pickle, cfg.repo)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"generator: {exc}") from None
     if gen.num_classes != cfg.num_classes:
         raise ConfigError(
             f"generator.num_classes: the network in {cfg.pickle} has {gen.num_classes} classes, the config says {cfg.num_classes}"

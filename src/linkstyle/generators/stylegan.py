@@ -353,7 +353,7 @@ class StyleGAN(nn.Module):
                 raise RuntimeError(f"synthesis layer '{name}' produced no [B, C, H, W] map")
             x = captured[name]
             my, mx = self.feature_margin(children[name], x.shape[2], x.shape[3])
-            result[name] = x[:, :, my : x.shape[2] - my, mx : x.shape[3] - mx].to(torch.float32)
+            result[name] = x[:, :, my : x.shape[2] - my, mx : x.shape[3] - mx].to(torch.float32).contiguous()
         return result
 
 
@@ -593,9 +593,14 @@ def _check_pickle(pickle_path: str | Path, repo: str | Path | None) -> Path:
     )
 
 
-def _read_network(path: Path, legacy: ModuleType) -> tuple[dict[str, Any], list[str]]:
-    """The pickle's dict via ``legacy.load_network_pkl``; if that fails, again with the
-    tolerant unpickler. Returns the dict and what was skipped (empty on the official path)."""
+def _summary(failures: Sequence[str], keep: int = 3) -> str:
+    shown = "; ".join(failures[:keep])
+    return shown + (f"; and {len(failures) - keep} more" if len(failures) > keep else "")
+
+
+def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -> dict[str, Any]:
+    """The pickle's dict via ``legacy.load_network_pkl``; if that raises, read again with
+    the tolerant unpickler and keep the result only if G_ema came through whole."""
     try:
         with open(path, "rb") as f:
             data = legacy.load_network_pkl(f)
@@ -605,45 +610,61 @@ def _read_network(path: Path, legacy: ModuleType) -> tuple[dict[str, Any], list[
     if official_error is None:
         if not isinstance(data, dict) or "G_ema" not in data:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"{path} holds no 'G_ema' generator (found {keys}); is it a StyleGAN network pickle?")
-        return data, []
+            raise ValueError(
+                f"{path} holds no 'G_ema' generator (found {keys}); is it a StyleGAN network pickle?"
+            )
+        return data
 
-    convert_hint = (
-        f"On a machine where the official loader works (for StyleGAN-XL: timm==0.4.12 and the "
-        f"checkout's requirements installed), run `linkstyle convert-stylegan {path} OUT.pkl` to "
-        "keep only G_ema, and point generator.pickle at OUT.pkl"
-    )
     reason = f"{type(official_error).__name__}: {official_error}"
+    elsewhere = (
+        "On a machine where legacy.load_network_pkl reads this pickle (for StyleGAN-XL: "
+        "timm==0.4.12 and the checkout's requirements installed), run "
+        f"`linkstyle convert-stylegan {path} OUT.pkl`, which keeps only G_ema, "
+        "and point generator.pickle at OUT.pkl"
+    )
     try:
         with open(path, "rb") as f:
             unpickler = _tolerant_unpickler(f, legacy)
             data = unpickler.load()
+    except (pickle.UnpicklingError, EOFError) as exc:
+        raise ValueError(
+            f"{path} is not a readable pickle ({type(exc).__name__}: {exc}); is it a StyleGAN "
+            "network pickle, completely downloaded?"
+        ) from official_error
     except Exception as exc:
         raise StyleGANLoadError(
             f"cannot load {path}: legacy.load_network_pkl failed ({reason}), and so did reading "
-            f"G_ema alone ({type(exc).__name__}: {exc}). {convert_hint}"
+            f"G_ema alone ({type(exc).__name__}: {exc}). {elsewhere}"
         ) from official_error
     if not isinstance(data, dict) or "G_ema" not in data:
-        raise StyleGANLoadError(
-            f"cannot load {path}: legacy.load_network_pkl failed ({reason}) and the pickle holds "
-            f"no 'G_ema' entry. {convert_hint}"
+        keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(
+            f"{path} holds no 'G_ema' generator (found {keys}); is it a StyleGAN network pickle?"
         ) from official_error
     G = data["G_ema"]
     broken = _skipped_inside(G) if isinstance(G, nn.Module) else [repr(G)]
     if broken:
         raise StyleGANLoadError(
-            f"cannot load {path}: G_ema itself could not be rebuilt ({'; '.join(unpickler.failures)}). "
-            f"legacy.load_network_pkl said: {reason}. Install what is missing, or: {convert_hint}"
+            f"cannot load {path}: G_ema itself could not be rebuilt "
+            f"({_summary(unpickler.failures or broken)}); legacy.load_network_pkl "
+            f"said: {reason}. Install what is missing, or: {elsewhere}"
         ) from official_error
-    skipped = sorted(k for k, v in data.items() if k != "G_ema" and _skipped_inside(v))
+    skipped = sorted(str(k) for k, v in data.items() if k != "G_ema" and _skipped_inside(v))
+    advice = (
+        ""
+        if converting
+        else f" To skip this step on every load, run `linkstyle convert-stylegan {path} OUT.pkl` "
+        "once and point generator.pickle at OUT.pkl."
+    )
     warnings.warn(
-        f"{path}: legacy.load_network_pkl failed ({reason}); loaded G_ema alone"
-        + (f", skipping {', '.join(skipped)}" if skipped else "")
-        + f". To avoid this on every load: {convert_hint}",
+        f"{path}: legacy.load_network_pkl failed ({reason}); read G_ema alone"
+        + (f", skipping {', '.join(skipped)} ({_summary(unpickler.failures)})" if skipped else "")
+        + "."
+        + advice,
         RuntimeWarning,
         stacklevel=3,
     )
-    return data, unpickler.failures
+    return data
 
 
 def _imagenet_names(root: Path, c_dim: int) -> tuple[str, ...] | None:
@@ -682,7 +703,7 @@ def load_stylegan(
     path = _check_pickle(pickle_path, repo)
     with official_modules(repo) as legacy:
         root = Path(legacy.__file__).resolve().parent
-        data, _ = _read_network(path, legacy)
+        data = _read_network(path, legacy)
         custom_ops_fallback()
     G = data["G_ema"]
     if not isinstance(G, nn.Module):
@@ -711,7 +732,7 @@ def convert_stylegan(in_pickle: str | Path, out_pickle: str | Path, repo: str | 
     if not out.parent.is_dir():
         raise FileNotFoundError(f"output folder does not exist: {out.parent}")
     with official_modules(repo) as legacy:
-        data, _ = _read_network(src, legacy)
+        data = _read_network(src, legacy, converting=True)
         G = data["G_ema"]
         if not isinstance(G, nn.Module):
             raise ValueError(f"{src}: G_ema is a {type(G).__name__}, not a torch.nn.Module")
