@@ -1,15 +1,28 @@
-"""Classifiers by kind. New kinds register a loader and a unit counter here and nowhere else."""
+"""Classifiers by kind. A new kind registers its loader here and its unit counter in ``units.py``.
+
+Importing this package does not import torch (the Snakefile reaches ``torchvision_kind``'s unit
+table through it at parse time); loaders import what they need when called.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..config import ClassifierConfig, Config, ConfigError
-from .demo import load_demo
-from .wrapper import Classifier, last_linear
+
+if TYPE_CHECKING:
+    import torch
+
+    from .wrapper import Classifier
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("Classifier", "last_linear"):
+        from . import wrapper
+
+        return getattr(wrapper, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def classifier_dir(cfg: Config, name: str) -> Path:
@@ -17,6 +30,8 @@ def classifier_dir(cfg: Config, name: str) -> Path:
 
 
 def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from .demo import load_demo
+
     return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device)
 
 

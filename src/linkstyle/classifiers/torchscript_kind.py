@@ -15,6 +15,7 @@ they are inferred by running ``features`` and ``head`` once on one zero image of
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,7 +69,9 @@ def _read(path: str | Path, device: torch.device | str | None) -> torch.jit.Scri
             f"[B, num_units]) and head(r) -> logits (see linkstyle.classifiers.torchscript_kind)"
         )
     try:
-        module = torch.jit.load(str(path), map_location=device)
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript; it still loads, and we say what we need
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated")  # Future- or DeprecationWarning
+            module = torch.jit.load(str(path), map_location=device)
     except RuntimeError as exc:
         raise ValueError(
             f"{path} could not be loaded as a TorchScript module ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "

@@ -172,7 +172,7 @@ def _weights_enum_member(arch: str, weights: str) -> WeightsEnum | None:
         if prefix != enum.__name__:
             return None
         name = member
-    return enum.__members__.get(name)
+    return enum.__members__.get(name) or enum.__members__.get(name.upper())
 
 
 def _looks_like_path(weights: str) -> bool:
@@ -211,10 +211,10 @@ def resolve_weights(arch: str, weights: str | None, torch_home: str | None = Non
     )
 
 
-def _describe(arch: str, member: WeightsEnum) -> str:
-    default = type(member).__members__.get("DEFAULT")
-    alias = " (its DEFAULT)" if default is member else ""
-    return f"ImageNet weights {member.name}{alias} of torchvision {arch}"
+def _describe(arch: str, member: WeightsEnum, requested: str | None = None) -> str:
+    if requested is not None and requested.rpartition(".")[2].upper() == "DEFAULT":
+        return f"ImageNet weights DEFAULT (= {member.name}) of torchvision {arch}"
+    return f"ImageNet weights {member.name} of torchvision {arch}"
 
 
 def weights_asset(arch: str, weights: str | None, torch_home: str | None = None) -> dict[str, Any]:
@@ -226,7 +226,7 @@ def weights_asset(arch: str, weights: str | None, torch_home: str | None = None)
     member, path = resolve_weights(key, weights, torch_home)
     if member is not None:
         assert path is not None
-        return {"what": _describe(key, member), "path": str(path), "present": path.is_file(), "source": member.url}
+        return {"what": _describe(key, member, weights), "path": str(path), "present": path.is_file(), "source": member.url}
     if path is not None:
         return {
             "what": f"state dict of torchvision {key} (local file)",
@@ -243,9 +243,9 @@ def weights_asset(arch: str, weights: str | None, torch_home: str | None = None)
     }
 
 
-def _missing_weights_error(arch: str, member: WeightsEnum, path: Path, name: str) -> FileNotFoundError:
+def _missing_weights_error(what: str, member: WeightsEnum, path: Path, name: str) -> FileNotFoundError:
     return FileNotFoundError(
-        f"classifier '{name}': {_describe(arch, member)} not found at {path}. "
+        f"classifier '{name}': {what} not found at {path}. "
         f"The official file is {member.url}: download it where there is internet and place it at that path "
         f"(the file keeps its official name {path.name} in $TORCH_HOME/hub/checkpoints/, here {path.parent}; "
         f"set torch_home or the TORCH_HOME environment variable to look elsewhere), "
@@ -461,14 +461,15 @@ def load_torchvision(
     state: dict[str, Any] | None
     if member is not None:
         assert path is not None
-        what = f"{_describe(key, member)} ({path})"
+        described = _describe(key, member, weights)
+        what = f"{described} ({path})"
         if path.is_file():
-            state = _read_state_dict(path, _describe(key, member))
+            state = _read_state_dict(path, described)
         elif allow_download:
-            log.warning("classifier '%s': downloading %s from %s to %s", name, _describe(key, member), member.url, path.parent)
+            log.warning("classifier '%s': downloading %s from %s to %s", name, described, member.url, path.parent)
             state = member.get_state_dict(progress=True, check_hash=True, model_dir=str(path.parent), map_location="cpu")
         else:
-            raise _missing_weights_error(key, member, path, name)
+            raise _missing_weights_error(described, member, path, name)
     elif path is not None:
         what = f"state dict of torchvision {key} ({path})"
         if not path.is_file():
