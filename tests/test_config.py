@@ -40,8 +40,8 @@ def test_the_shipped_default_config_is_valid(repo):
 
 
 def test_unknown_generator_lists_the_valid_kinds():
-    with pytest.raises(ConfigError, match=r"generator.kind: 'biggan' is not allowed; valid values: critters"):
-        from_dict({"generator": {"kind": "biggan"}})
+    with pytest.raises(ConfigError, match=r"generator.kind: 'gan' is not allowed; valid values: critters, stylegan, biggan"):
+        from_dict({"generator": {"kind": "gan"}})
 
 
 def test_unknown_key_names_the_allowed_keys():

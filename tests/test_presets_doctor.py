@@ -83,3 +83,21 @@ def test_a_real_run_stops_before_any_job_when_files_are_missing(tmp_path):
     assert proc.returncode != 0
     assert "files this config needs are missing" in out and f"{tmp_path}/G.pkl" in out
     assert not (tmp_path / "results" / "r" / "samples").exists()
+
+
+def test_doctor_covers_biggan_and_timm_and_names_their_sources(tmp_path):
+    cfg = from_dict({"generator": {"kind": "biggan", "weights_dir": str(tmp_path / "biggan-deep-256"), "num_classes": 1000},
+                     "classifiers": [{"name": "r", "kind": "timm", "arch": "resnet18.a1_in1k", "weights": str(tmp_path / "r.safetensors")}],
+                     "measure": {"segmenter": "whole_image"}})
+    bad = missing(assets(cfg))
+    assert len(bad) == 2
+    text = " ".join(a.source for a in bad)
+    assert "biggan-deep-256" in text and "timm/resnet18.a1_in1k" in text
+
+
+def test_timm_needs_a_weights_file_and_biggan_a_folder():
+    with pytest.raises(ConfigError) as err:
+        from_dict({"generator": {"kind": "biggan"}, "classifiers": [{"name": "t", "kind": "timm", "arch": "resnet18"}],
+                   "measure": {"segmenter": "whole_image"}})
+    assert "generator.weights_dir: required for generator.kind 'biggan'" in str(err.value)
+    assert "classifiers[0].weights: required for kind 'timm'" in str(err.value)

@@ -108,12 +108,13 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
             )
     if gen["kind"] == "critters" and gen["num_classes"] > CRITTERS_MAX_CLASSES:
         problems.append(f"generator.num_classes: the critters world has at most {CRITTERS_MAX_CLASSES} species, got {gen['num_classes']}")
-    if gen["kind"] == "stylegan":
-        for key in ("pickle", "repo"):
-            if not gen[key]:
-                problems.append(f"generator.{key}: required for generator.kind 'stylegan' ({_describe(schema(), ['generator', key])})")
-        if cfg["measure"]["segmenter"] == "ground_truth":
-            problems.append("measure.segmenter: 'ground_truth' needs the critters world's exact masks; for stylegan use 'whole_image'")
+    for key in {"stylegan": ("pickle", "repo"), "biggan": ("weights_dir",)}.get(gen["kind"], ()):
+        if not gen[key]:
+            problems.append(f"generator.{key}: required for generator.kind '{gen['kind']}' ({_describe(schema(), ['generator', key])})")
+    if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "ground_truth":
+        problems.append(f"measure.segmenter: 'ground_truth' needs the critters world's exact masks; for {gen['kind']} use 'whole_image'")
+    if gen["kind"] == "biggan" and not 0 < gen["truncation_psi"] <= 1:
+        problems.append("generator.truncation_psi: BigGAN's truncation must be in (0, 1]")
     for i, clf in enumerate(cfg["classifiers"]):
         kind, arch = clf["kind"], clf["arch"]
         if kind == "demo" and arch not in DEMO_ARCHS:
@@ -124,6 +125,8 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
             problems.append(f"classifiers[{i}].path: required for kind 'torchscript' (the scripted module file)")
         if kind == "torchvision" and not clf["weights"]:
             problems.append(f"classifiers[{i}].weights: required for kind 'torchvision', e.g. IMAGENET1K_V1 or a state-dict path")
+        if kind == "timm" and not clf["weights"] and not clf["allow_download"]:
+            problems.append(f"classifiers[{i}].weights: required for kind 'timm' (a local .safetensors / .pth file)")
     names = [c["name"] for c in cfg["classifiers"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -169,6 +172,7 @@ class GeneratorConfig:
     batch_size: int
     pickle: str | None = None
     repo: str | None = None
+    weights_dir: str | None = None
 
 
 @dataclass(frozen=True)

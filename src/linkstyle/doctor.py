@@ -53,6 +53,11 @@ def assets(cfg: Config) -> list[Asset]:
                          str(repo), repo.is_dir(), True,
                          "git clone https://github.com/autonomousvision/stylegan-xl (or NVlabs/stylegan3)",
                          "" if not repo.is_dir() or has_legacy else "no legacy.py in it: not an official StyleGAN checkout"))
+    elif gen.kind == "biggan":
+        from .generators.biggan import biggan_asset
+
+        info = biggan_asset(gen.weights_dir)
+        out.append(Asset(f"generator: {info['what']}", str(info["path"]), bool(info["present"]), True, str(info["source"])))
     paths = RunPaths(cfg.run_dir)
     for clf in cfg.classifiers:
         if clf.kind == "demo":
@@ -63,6 +68,12 @@ def assets(cfg: Config) -> list[Asset]:
             from .classifiers.torchvision_kind import weights_asset
 
             info = weights_asset(clf.arch, clf.weights)
+            out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
+                             not clf.allow_download, str(info["source"])))
+        elif clf.kind == "timm":
+            from .classifiers.timm_kind import timm_weights_asset
+
+            info = timm_weights_asset(clf.arch, clf.weights)
             out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
                              not clf.allow_download, str(info["source"])))
         elif clf.kind == "torchscript":

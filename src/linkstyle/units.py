@@ -25,6 +25,15 @@ def _torchvision_units(cfg: Config, clf: ClassifierConfig) -> int:
         raise ConfigError(f"classifiers '{clf.name}': {exc}") from None
 
 
+def _timm_units(cfg: Config, clf: ClassifierConfig) -> int:
+    from .classifiers.timm_kind import timm_unit_count
+
+    try:
+        return clf.num_units or timm_unit_count(clf.arch)
+    except ValueError as exc:
+        raise ConfigError(f"classifiers '{clf.name}': {exc}") from None
+
+
 def _torchscript_units(cfg: Config, clf: ClassifierConfig) -> int:
     if clf.num_units:
         return clf.num_units
@@ -41,6 +50,7 @@ def _torchscript_units(cfg: Config, clf: ClassifierConfig) -> int:
 UNIT_COUNTERS: dict[str, Callable[[Config, ClassifierConfig], int]] = {
     "demo": lambda cfg, clf: DEMO_UNITS[clf.arch],
     "torchvision": _torchvision_units,
+    "timm": _timm_units,
     "torchscript": _torchscript_units,
 }
 

@@ -41,6 +41,12 @@ def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) 
     return load_torchvision(clf.arch, clf.weights, name=clf.name, device=device, allow_download=clf.allow_download)
 
 
+def _load_timm(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from .timm_kind import load_timm
+
+    return load_timm(clf.arch, clf.weights, name_in_config=clf.name, device=device, allow_download=clf.allow_download)
+
+
 def _load_torchscript(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
     from .torchscript_kind import load_torchscript
 
@@ -50,6 +56,7 @@ def _load_torchscript(cfg: Config, clf: ClassifierConfig, device: torch.device) 
 CLASSIFIER_KINDS: dict[str, Callable[[Config, ClassifierConfig, torch.device], Classifier]] = {
     "demo": _load_demo,
     "torchvision": _load_torchvision,
+    "timm": _load_timm,
     "torchscript": _load_torchscript,
 }
 

@@ -28,7 +28,22 @@ def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
     return gen
 
 
-GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {"critters": _critters, "stylegan": _stylegan}
+def _biggan(cfg: GeneratorConfig, seed: int) -> Generator:
+    from .biggan import load_biggan
+
+    gen = load_biggan(cfg.weights_dir, truncation=cfg.truncation_psi)  # type: ignore[arg-type]
+    if gen.num_classes != cfg.num_classes:
+        raise ConfigError(
+            f"generator.num_classes: the network in {cfg.weights_dir} has {gen.num_classes} classes, the config says {cfg.num_classes}"
+        )
+    return gen
+
+
+GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {
+    "critters": _critters,
+    "stylegan": _stylegan,
+    "biggan": _biggan,
+}
 
 
 def build_generator(cfg: GeneratorConfig, seed: int) -> Generator:
