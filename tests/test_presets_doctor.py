@@ -81,7 +81,7 @@ def test_a_real_run_stops_before_any_job_when_files_are_missing(tmp_path):
     proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(cfg), "--cores", "1")
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "files this config needs are missing" in out and f"{tmp_path}/G.pkl" in out
+    assert "files this config needs are missing or do not fit it" in out and f"{tmp_path}/G.pkl" in out
     assert not (tmp_path / "results" / "r" / "samples").exists()
 
 
@@ -101,3 +101,35 @@ def test_timm_needs_a_weights_file_and_biggan_a_folder():
                    "measure": {"segmenter": "whole_image"}})
     assert "generator.weights_dir: required for generator.kind 'biggan'" in str(err.value)
     assert "classifiers[0].weights: required for kind 'timm'" in str(err.value)
+
+
+def test_doctor_checks_that_a_classifier_head_covers_the_class_set(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ckpt = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), ckpt)
+    raw = {"generator": {"kind": "biggan", "weights_dir": str(tmp_path), "num_classes": 1000},
+           "classifiers": [{"name": "r", "kind": "torchvision", "arch": "resnet18", "weights": "IMAGENET1K_V1"}],
+           "measure": {"segmenter": "whole_image"}}
+    fits = {a.what.split(":")[0]: a for a in assets(from_dict({**raw, "classes": [3, 9]}), deep=True)}
+    assert fits["classifier r"].present and not fits["classifier r"].problem
+    bad = {a.what.split(":")[0]: a for a in assets(from_dict({**raw, "classes": [3, 232]}), deep=True)}
+    assert "head has 10 classes, which does not cover the class set [3, 232]" in bad["classifier r"].problem
+
+
+def test_doctor_loads_a_stylegan_pickle_to_check_its_classes(tmp_path):
+    from .stylegan_standin import write_standin_pickle, write_standin_repo
+
+    repo = write_standin_repo(tmp_path / "repo", variant="xl", num_classes=3, resolution=32)
+    pkl = write_standin_pickle(repo, tmp_path / "G.pkl")
+    raw = {"generator": {"kind": "stylegan", "pickle": str(pkl), "repo": str(repo), "num_classes": 3},
+           "classifiers": [{"name": "ts", "kind": "torchscript", "path": str(pkl), "num_units": 8}],
+           "measure": {"segmenter": "whole_image"}}
+    ok = [a for a in assets(from_dict(raw), deep=True) if "network pickle" in a.what][0]
+    assert ok.present and not ok.problem
+    raw["generator"]["num_classes"] = 5
+    bad = [a for a in assets(from_dict(raw), deep=True) if "network pickle" in a.what][0]
+    assert "the network has 3 classes, generator.num_classes says 5" in bad.problem

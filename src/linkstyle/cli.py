@@ -114,7 +114,7 @@ def _dispatch(args: argparse.Namespace) -> None:
     if args.command == "doctor":
         from .doctor import assets, missing, report
 
-        items = assets(cfg)
+        items = assets(cfg, deep=True)
         print(report(items))
         if missing(items):
             print(f"{len(missing(items))} required file(s) missing or invalid", file=sys.stderr)

@@ -31,13 +31,49 @@ class Asset:
         return self.present and not self.problem or not self.required
 
 
+def _head_problem(path: Path, classes: tuple[int, ...]) -> str:
+    """Does the weights file's classification head cover the class set? Read lazily (mmap), not loaded."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, not raised
+        return f"cannot be read as a state dict ({type(exc).__name__}: {exc})"
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    heads = [v for v in state.values() if hasattr(v, "dim") and v.dim() == 2] if isinstance(state, dict) else []
+    if not heads:
+        return "holds no Linear layer weights"
+    n_classes = int(heads[-1].shape[0])
+    if n_classes <= max(classes):
+        return f"its head has {n_classes} classes, which does not cover the class set {list(classes)}"
+    return ""
+
+
+def _stylegan_problem(cfg: Config) -> str:
+    """Load the network once (CPU) to check its classes against the config."""
+    from .generators.stylegan import load_stylegan
+
+    try:
+        gen = load_stylegan(cfg.generator.pickle, cfg.generator.repo)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - reported as the asset's problem
+        return f"does not load: {exc}"
+    if gen.num_classes != cfg.generator.num_classes:
+        return f"the network has {gen.num_classes} classes, generator.num_classes says {cfg.generator.num_classes}"
+    if gen.num_classes <= max(cfg.classes):
+        return f"the network has {gen.num_classes} classes; the class set {list(cfg.classes)} needs more (is it class-conditional?)"
+    return ""
+
+
 def _pickle_problem(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(2)
     return "" if head[:1] == b"\x80" else "not a Python pickle (it should start with the pickle protocol byte)"
 
 
-def assets(cfg: Config) -> list[Asset]:
+def assets(cfg: Config, deep: bool = False) -> list[Asset]:
+    """``deep`` also opens present files to check them against the config (class counts)."""
     out: list[Asset] = []
     gen = cfg.generator
     if gen.kind == "critters":
@@ -45,10 +81,12 @@ def assets(cfg: Config) -> list[Asset]:
     elif gen.kind == "stylegan":
         pkl = Path(gen.pickle or "")
         present = pkl.is_file()
-        out.append(Asset("generator: StyleGAN network pickle", str(pkl), present, True, STYLEGAN_SOURCES,
-                         _pickle_problem(pkl) if present else ""))
         repo = Path(gen.repo or "")
         has_legacy = (repo / "legacy.py").is_file()
+        problem = _pickle_problem(pkl) if present else ""
+        if deep and present and not problem and has_legacy:
+            problem = _stylegan_problem(cfg)
+        out.append(Asset("generator: StyleGAN network pickle", str(pkl), present, True, STYLEGAN_SOURCES, problem))
         out.append(Asset("generator: checkout of the official StyleGAN repository (its code rebuilds the pickle)",
                          str(repo), repo.is_dir(), True,
                          "git clone https://github.com/autonomousvision/stylegan-xl (or NVlabs/stylegan3)",
@@ -68,14 +106,18 @@ def assets(cfg: Config) -> list[Asset]:
             from .classifiers.torchvision_kind import weights_asset
 
             info = weights_asset(clf.arch, clf.weights)
+            problem = _head_problem(Path(info["path"]), cfg.classes) if deep and info["present"] else ""
             out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
-                             not clf.allow_download, str(info["source"])))
+                             not clf.allow_download, str(info["source"]), problem))
         elif clf.kind == "timm":
             from .classifiers.timm_kind import timm_weights_asset
 
             info = timm_weights_asset(clf.arch, clf.weights)
+            problem = ""
+            if deep and info["present"] and not str(info["path"]).endswith(".safetensors"):
+                problem = _head_problem(Path(info["path"]), cfg.classes)
             out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
-                             not clf.allow_download, str(info["source"])))
+                             not clf.allow_download, str(info["source"]), problem))
         elif clf.kind == "torchscript":
             path = Path(clf.path or "")
             out.append(Asset(f"classifier {clf.name}: TorchScript module with features(x) and head(r)", str(path),

@@ -48,11 +48,13 @@ def classifier_spec(wildcards):
 
 
 onstart:
-    # Before the first job (never in a dry-run): every file the config needs must be there.
+    # Before the first job (never in a dry-run): every file the config needs must be there and fit
+    # the config (class counts of the generator and of classifier heads).
     from linkstyle.doctor import assets, missing, report
 
-    _missing = missing(assets(CFG))
+    _missing = missing(assets(CFG, deep=True))
     if _missing:
         raise WorkflowError(
-            "files this config needs are missing (see `linkstyle doctor --config FILE`):\n" + report(_missing)
+            "files this config needs are missing or do not fit it (see `linkstyle doctor --config FILE`):\n"
+            + report(_missing)
         )
