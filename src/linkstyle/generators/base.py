@@ -8,7 +8,7 @@ A generator is a class-conditional map ``z -> w -> image``. Linking works on one
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -48,3 +48,59 @@ class Generator(Protocol):
         """Images and, where the generator knows it, the ground truth, in one pass."""
 
     def to(self, device: torch.device | str) -> "Generator": ...
+
+
+# ----------------------------------------------------------------------------- shared checks
+# Every adapter of a real network validates seeds, classes and class names the same way.
+
+
+def check_seeds(seeds: "Sequence[int]") -> list[int]:
+    """Seeds as Python ints in [0, 2**32 - 1] (numpy's RandomState range), or a ValueError."""
+    import numpy as np
+
+    out = []
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32:
+            raise ValueError(f"seeds must be integers in [0, 2**32 - 1], got {s!r}")
+        out.append(int(s))
+    return out
+
+
+def check_classes(classes: "torch.Tensor | Sequence[int]", batch: int, num_classes: int, what: str = "the network's classes") -> torch.Tensor:
+    """Class indices as a long tensor of shape [batch], each in [0, num_classes), or a ValueError."""
+    classes = torch.as_tensor(classes)
+    if classes.ndim != 1 or classes.shape[0] != batch:
+        raise ValueError(f"classes must have shape [{batch}] to match z, got {tuple(classes.shape)}")
+    if classes.dtype.is_floating_point or classes.dtype.is_complex or classes.dtype == torch.bool:
+        raise ValueError(f"classes must be integer class indices, got dtype {classes.dtype}")
+    if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        raise ValueError(
+            f"class indices must be in [0, {num_classes - 1}] for {what}, "
+            f"got min {int(classes.min())}, max {int(classes.max())}"
+        )
+    return classes.long()
+
+
+def resolve_class_names(names: "Sequence[str] | Mapping[int, str] | None", num_classes: int) -> tuple[str, ...]:
+    """A full list of names, or a {index: name} mapping naming some classes (others: class_<i>)."""
+    import numpy as np
+
+    default = [f"class_{i}" for i in range(num_classes)]
+    if names is None:
+        return tuple(default)
+    if isinstance(names, str):
+        raise ValueError("class_names must be a list of names or a {index: name} mapping, not a string")
+    if isinstance(names, Mapping):
+        for key, name in names.items():
+            if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+                raise ValueError(f"class_names keys must be class indices, got {key!r}")
+            if not 0 <= int(key) < num_classes:
+                raise ValueError(f"class_names: class index {key} is outside [0, {num_classes - 1}]")
+            default[int(key)] = str(name)
+        return tuple(default)
+    if len(names) != num_classes:
+        raise ValueError(
+            f"class_names has {len(names)} names but the network has {num_classes} "
+            "classes; give all of them, or a {index: name} mapping"
+        )
+    return tuple(str(n) for n in names)

@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .base import check_classes, check_seeds, resolve_class_names
+
 __all__ = ["BigGAN", "BigGANLoadError", "biggan_asset", "load_biggan", "OFFICIAL_WEIGHTS"]
 
 WEIGHTS_NAME = "pytorch_model.bin"
@@ -135,25 +137,7 @@ class BigGAN(nn.Module):
         return t
 
     def _names(self, names: Sequence[str] | Mapping[int, str] | None) -> tuple[str, ...]:
-        default = [f"class_{i}" for i in range(self.num_classes)]
-        if names is None:
-            return tuple(default)
-        if isinstance(names, str):
-            raise ValueError("class_names must be a list of names or a {index: name} mapping, not a string")
-        if isinstance(names, Mapping):
-            for key, name in names.items():
-                if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
-                    raise ValueError(f"class_names keys must be class indices, got {key!r}")
-                if not 0 <= int(key) < self.num_classes:
-                    raise ValueError(f"class_names: class index {key} is outside [0, {self.num_classes - 1}]")
-                default[int(key)] = str(name)
-            return tuple(default)
-        if len(names) != self.num_classes:
-            raise ValueError(
-                f"class_names has {len(names)} names but the network has {self.num_classes} "
-                "classes; give all of them, or a {index: name} mapping"
-            )
-        return tuple(str(n) for n in names)
+        return resolve_class_names(names, self.num_classes)
 
     @property
     def device(self) -> torch.device:
@@ -175,26 +159,14 @@ class BigGAN(nn.Module):
         ``mapping`` applies psi."""
         utils = _package().utils
         rows = []
-        for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32:
-                raise ValueError(f"seeds must be integers in [0, 2**32 - 1], got {s!r}")
+        for s in check_seeds(seeds):
             rows.append(utils.truncated_noise_sample(batch_size=1, dim_z=self.z_dim, truncation=1.0, seed=int(s))[0])
         if not rows:
             return torch.empty(0, self.z_dim)
         return torch.from_numpy(np.stack(rows).astype(np.float32))
 
     def _classes(self, classes: torch.Tensor | Sequence[int], batch: int) -> torch.Tensor:
-        classes = torch.as_tensor(classes)
-        if classes.ndim != 1 or classes.shape[0] != batch:
-            raise ValueError(f"classes must have shape [{batch}] to match z, got {tuple(classes.shape)}")
-        if classes.dtype.is_floating_point or classes.dtype.is_complex or classes.dtype == torch.bool:
-            raise ValueError(f"classes must be integer class indices, got dtype {classes.dtype}")
-        if classes.numel() and (int(classes.min()) < 0 or int(classes.max()) >= self.num_classes):
-            raise ValueError(
-                f"class indices must be in [0, {self.num_classes - 1}], "
-                f"got min {int(classes.min())}, max {int(classes.max())}"
-            )
-        return classes.long()
+        return check_classes(classes, batch, self.num_classes)
 
     def mapping(
         self, z: torch.Tensor, classes: torch.Tensor, truncation_psi: float = 1.0
