@@ -232,3 +232,19 @@ def test_on_cuda_the_module_and_the_probe_run_on_the_device(tmp_path):
     cpu = load_torchscript(tmp_path / "noattrs.pt", name="n", device="cpu")
     with torch.no_grad():
         torch.testing.assert_close(logits.cpu(), cpu(x.cpu()), atol=1e-5, rtol=1e-4)
+
+
+def test_the_workflow_loader_checks_a_declared_unit_count_and_the_class_set(tmp_path):
+    from linkstyle.classifiers import load_classifier
+    from linkstyle.config import ConfigError, from_dict
+
+    _save(Tiny(), tmp_path / "tiny.pt")
+    spec = {"name": "tiny", "kind": "torchscript", "path": str(tmp_path / "tiny.pt")}
+    ok = from_dict({"classifiers": [{**spec, "num_units": 16}], "classes": [0, 4]})
+    assert load_classifier(ok, "tiny", torch.device("cpu")).num_units == 16
+    wrong_units = from_dict({"classifiers": [{**spec, "num_units": 32}], "classes": [0, 4]})
+    with pytest.raises(ConfigError, match="has 16 penultimate units, but its num_units says 32"):
+        load_classifier(wrong_units, "tiny", torch.device("cpu"))
+    too_few_classes = from_dict({"classifiers": [spec], "generator": {"num_classes": 8}, "classes": [0, 7]})
+    with pytest.raises(ConfigError, match=r"has 5 classes, which does not cover the class set \[0, 7\]"):
+        load_classifier(too_few_classes, "tiny", torch.device("cpu"))

@@ -55,11 +55,11 @@ def _parse_override(text: str) -> dict[str, Any]:
 
 
 def _merge_all(items: list[dict[str, Any]]) -> dict[str, Any]:
-    from .config import _deep_merge
+    from .config import deep_merge
 
     out: dict[str, Any] = {}
     for item in items:
-        out = _deep_merge(out, item)
+        out = deep_merge(out, item)
     return out
 
 

@@ -23,7 +23,9 @@ import yaml
 ANALYSIS_SEED_LIMIT = 2**31
 SEEDS_PER_CLASS = 1_000_000
 CRITTERS_MAX_CLASSES = 16
-DEMO_ARCHS = ("resnet18", "regnet_x_400mf", "mobilenet_v3_small")
+#: Penultimate width of each demo architecture (checked against torchvision by the tests).
+DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
+DEMO_ARCHS = tuple(DEMO_UNITS)
 
 
 class ConfigError(ValueError):
@@ -317,15 +319,15 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     """Read a YAML config (or none: all defaults), apply ``overrides`` on top, validate."""
     raw = load_yaml(path) if path is not None else {}
     if overrides:
-        raw = _deep_merge(raw, overrides)
+        raw = deep_merge(raw, overrides)
     return from_dict(raw)
 
 
-def _deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .config import ClassifierConfig, Config, ConfigError
+from .config import DEMO_UNITS, ClassifierConfig, Config, ConfigError
 
-#: Penultimate width of each demo architecture (checked against torchvision by the tests).
-DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 
 #: Kinds whose weights the workflow trains itself (a train rule exists for them).
 TRAINED_BY_WORKFLOW = frozenset({"demo"})

@@ -95,7 +95,8 @@ def train_demo(
         loss.backward()
         opt.step()
         sched.step()
-        loss_ema = loss.item() if step == 0 else 0.9 * loss_ema + 0.1 * loss.item()
+        value = loss.item()
+        loss_ema = value if step == 0 else 0.9 * loss_ema + 0.1 * value
         bar.update(1)
         bar.set_postfix(loss=f"{loss_ema:.3f}", refresh=False)
     bar.close()

@@ -60,9 +60,8 @@ def sweep_images(ctx: Context, name: str, units: list[int], starts: int = 2) -> 
     return out
 
 
-def figure_sweeps(ctx: Context, name: str, top: pd.DataFrame, path: Path) -> bytes:
+def figure_sweeps(ctx: Context, images: dict[int, np.ndarray], name: str, top: pd.DataFrame, path: Path) -> bytes:
     units = top["unit"].tolist()
-    images = sweep_images(ctx, name, units)
     k = ctx.cfg.tune.n_steps
     n_starts = max(v.shape[0] for v in images.values())
     fig, axes = plt.subplots(len(units), n_starts * k, figsize=(1.3 * n_starts * k, 1.45 * len(units)), squeeze=False)
@@ -194,8 +193,10 @@ def run_report(ctx: Context) -> None:
         units = read_parquet(paths.selectivity_units(name))
         features = read_parquet(paths.selectivity_features(name))
         top = top_units(units, cfg.report.top_units)
+        images = sweep_images(ctx, name, top["unit"].tolist())
+        resolution = next(iter(images.values())).shape[-2]
         figs.append((f"{name}: sweeps", "Each row is one unit swept from its lowest to its highest observed activation, for two start samples.",
-                     figure_sweeps(ctx, name, top, paths.figures / f"sweeps-{name}.png")))
+                     figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
         figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in standard deviations of the property.",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
         figs.append((f"{name}: population", "Faithfulness of all sweeps, the part each unit changes most, and the mean change per part and property.",
@@ -234,7 +235,7 @@ def run_report(ctx: Context) -> None:
     summary = {
         "run": cfg.run,
         "generator": cfg.generator.kind,
-        "resolution": int(read_npz(paths.tune_arrays(cfg.classifiers[0].name, 0))["images"].shape[1]),
+        "resolution": int(resolution),
         "classes": list(cfg.classes),
         "classifiers": summary_clf,
         "timing": timing,
