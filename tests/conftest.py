@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -7,6 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+
+from linkstyle.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,3 +34,35 @@ def run_snakemake(*args: str, timeout: int = 900) -> subprocess.CompletedProcess
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+#: The tiny world that the workflow tests run end to end (about 1.5 minutes on 2 cores).
+TINY = {
+    "run": "tiny",
+    "generator": {"num_classes": 3, "resolution": 32},
+    "train": {"steps": 80, "batch_size": 32, "eval_samples": 300, "min_accuracy": 0.6},
+    "sample": {"per_class": 60, "per_shard": 60},
+    "select": {"starts_per_class": 2},
+    "link": {"cycle_samples": 60},
+    "tune": {"units": list(range(16)), "units_per_shard": 6, "batch_size": 64},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One run of the tiny workflow per test session, shared by every xdist worker (under a file lock)."""
+    shared = tmp_path_factory.getbasetemp().parent if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path_factory.getbasetemp()
+    work = shared / "tiny-workflow"
+    work.mkdir(exist_ok=True)
+    with open(shared / "tiny-workflow.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cfg_file = work / "tiny.yaml"
+            paths = RunPaths(work / "results" / "tiny")
+            if not paths.summary.exists():
+                cfg_file.write_text(yaml.safe_dump(TINY))
+                proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "--cores", "2")
+                assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return work, cfg_file, paths

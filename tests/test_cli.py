@@ -3,6 +3,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from linkstyle.cli import STAGES, build_parser
 
 
@@ -45,12 +47,10 @@ def test_unknown_classifier_names_the_configured_ones(tmp_path):
 
 def test_missing_weights_say_how_to_make_them(tmp_path):
     from linkstyle.config import load_config
+    from linkstyle.io import ArtifactError
     from linkstyle.stages.context import Context
 
     ctx = Context(load_config(None, {"results_dir": str(tmp_path)}))
-    try:
+    with pytest.raises(ArtifactError) as info:
         ctx.classifier("resnet18")
-    except FileNotFoundError as exc:
-        assert "weights.pt" in str(exc) and "linkstyle train --classifier resnet18" in str(exc)
-    else:
-        raise AssertionError("expected FileNotFoundError")
+    assert "weights.pt" in str(info.value) and "linkstyle train --classifier resnet18" in str(info.value)

@@ -43,3 +43,13 @@ def test_test_split_is_a_stable_function_of_the_seed():
 def test_derived_seeds_are_stable_and_distinct():
     assert derive(0, "train", "a") == derive(0, "train", "a")
     assert derive(0, "train", "a") != derive(0, "train", "b")
+
+
+def test_artifacts_get_the_permissions_of_the_umask_not_private_ones(tmp_path):
+    """mkstemp makes 0600 files; artifacts on a shared disk must be as readable as the umask allows."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = write_npz(tmp_path / "a.npz", x=np.arange(3))
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

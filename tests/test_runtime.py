@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from linkstyle.config import ConfigError
 from linkstyle.runtime import autocast, resolve_device, run_batched
 
 
-def test_out_of_memory_halves_the_batch_and_covers_every_item_once():
+def test_out_of_memory_halves_the_batch_and_covers_every_item_once(caplog):
     seen: list[int] = []
 
     def step(sl: slice) -> None:
@@ -16,8 +18,18 @@ def test_out_of_memory_halves_the_batch_and_covers_every_item_once():
         seen.extend(range(sl.start, sl.stop))
 
     done: list[int] = []
-    size = run_batched(100, 100, step, done.append)
+    with caplog.at_level(logging.INFO, logger="linkstyle"):
+        size = run_batched(100, 100, step, done.append, setting="tune.batch_size")
     assert size == 25 and seen == list(range(100)) and sum(done) == 100
+    # the size that fits is logged once, with the key that avoids the retries next time
+    assert "batch size 25 fits in GPU memory (tune.batch_size asks for 100); set tune.batch_size: 25" in caplog.text
+    assert caplog.text.count("halved to") == 2
+
+
+def test_a_batch_that_fits_logs_nothing(caplog):
+    with caplog.at_level(logging.INFO, logger="linkstyle"):
+        assert run_batched(10, 4, lambda sl: None) == 4
+    assert caplog.text == ""
 
 
 def test_out_of_memory_at_batch_one_is_raised():

@@ -71,6 +71,20 @@ def test_running_moments_match_numpy_and_ignore_nan():
     x = rng.normal(size=(100, 3))
     x[::7, 1] = np.nan
     m = _Moments()
-    m.add(x[:40])
-    m.add(x[40:])
+    m.add(x[:40].reshape(4, 10, 3))  # 4 units of 10 rows
+    m.add(x[40:].reshape(6, 10, 3))
     np.testing.assert_allclose(m.std(), np.nanstd(x, axis=0), rtol=1e-10)
+
+
+def test_running_moments_do_not_depend_on_how_units_are_split_into_shards():
+    rng = np.random.default_rng(1)
+    x = rng.lognormal(sigma=3.0, size=(12, 9, 4))  # wide range: float64 sums round differently by order
+    stds = []
+    for cuts in ([12], [5, 7], [1] * 12, [3, 3, 3, 3]):
+        m, start = _Moments(), 0
+        for n in cuts:
+            m.add(x[start : start + n])
+            start += n
+        stds.append(m.std())
+    for other in stds[1:]:
+        np.testing.assert_array_equal(other, stds[0])

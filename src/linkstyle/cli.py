@@ -8,15 +8,14 @@ wildcards of its stage as options, writes its artifacts atomically under
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-import time
 from typing import Any
 
 import yaml
 
 from .config import ConfigError, load_config
+from .errors import LinkstyleError
 
 STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
     "train": ("Train a demo classifier on the built-in world; fails if held-out accuracy < train.min_accuracy.",
@@ -127,18 +126,12 @@ def _dispatch(args: argparse.Namespace) -> None:
             shards = unit_shards(cfg, clf.name)
             print(f"{clf.name}: {unit_count(cfg, clf.name)} units, {sum(map(len, shards))} analysed in {len(shards)} shards")
         return
-    from .stages.context import Context
+    from .stages import run_stage
 
-    # Stage NAME lives in linkstyle.stages.NAME as run_NAME(ctx, *wildcards).
-    stage = importlib.import_module(f".stages.{args.command}", __package__)
-    run = getattr(stage, f"run_{args.command}")
     wildcards = [getattr(args, arg) for arg, _, _ in STAGES[args.command][1]]
     if getattr(args, "classifier", None) is not None:
         cfg.classifier(args.classifier)  # unknown names fail here, listing the configured ones
-    ctx = Context(cfg, threads=args.threads)
-    start = time.perf_counter()
-    run(ctx, *wildcards)
-    logging.getLogger("linkstyle").info("%s done in %.1f s", args.command, time.perf_counter() - start)
+    run_stage(cfg, args.command, *wildcards, threads=args.threads)
 
 
 def _missing(exc: FileNotFoundError) -> str:
@@ -157,13 +150,22 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Expected failures (config, artifacts, weights, full or read-only disks) are one message and exit
+    # status 2; anything else is a bug and keeps its traceback.
     try:
         _dispatch(args)
-    except ConfigError as exc:
+    except LinkstyleError as exc:
         print(f"linkstyle {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
         print(f"linkstyle {args.command}: error: {_missing(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from .io import USER_ERRNOS, os_error_message
+
+        if exc.errno not in USER_ERRNOS:
+            raise
+        print(f"linkstyle {args.command}: error: {os_error_message(exc, action='read or write')}", file=sys.stderr)
         return 2
     return 0
 

@@ -8,6 +8,7 @@ source of keys, defaults and descriptions; Snakemake and the CLI both go through
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
+from .errors import LinkstyleError
+
 #: Sample seeds of the analysis stay below this; demo-classifier training draws above it.
 ANALYSIS_SEED_LIMIT = 2**31
 SEEDS_PER_CLASS = 1_000_000
@@ -26,9 +29,23 @@ CRITTERS_MAX_CLASSES = 16
 #: Penultimate width of each demo architecture (checked against torchvision by the tests).
 DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 DEMO_ARCHS = tuple(DEMO_UNITS)
+#: The config sections each stage reads. The Snakemake rules pass ``digest(*sections)`` as a param, so
+#: a change reruns exactly the stages that read it, and every artifact records the same digest, so a
+#: stale artifact is refused when read (tests/test_reliability.py checks that the rules agree).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "train": ("seed", "generator", "train"),
+    "sample": ("seed", "generator", "sample"),
+    "extract": ("seed", "generator", "classifiers"),
+    "select": ("select", "tune"),
+    "link": ("link",),
+    "tune": ("tune",),
+    "measure": ("measure",),
+    "selectivity": (),
+    "report": ("report",),
+}
 
 
-class ConfigError(ValueError):
+class ConfigError(LinkstyleError, ValueError):
     """A configuration problem, phrased so the user knows which key to change and how."""
 
 
@@ -83,19 +100,39 @@ def validate(raw: Mapping[str, Any] | None) -> dict[str, Any]:
             path = list(err.absolute_path)
             if err.validator == "additionalProperties":
                 allowed = sorted(err.schema.get("properties", {}))
-                lines.append(f"{_key(path)}: {err.message}; allowed keys: {', '.join(allowed)}")
+                unknown = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
+                lines.append(f"{_key(path)}: {err.message}; allowed keys: {', '.join(allowed)}{_did_you_mean(unknown, allowed)}")
                 continue
             if err.validator == "enum":
+                valid = [str(v) for v in err.validator_value]
+                typo = [err.instance] if isinstance(err.instance, str) else []
                 lines.append(
-                    f"{_key(path)}: {err.instance!r} is not allowed; valid values: "
-                    + ", ".join(map(str, err.validator_value))
+                    f"{_key(path)}: {err.instance!r} is not allowed; valid values: " + ", ".join(valid) + _did_you_mean(typo, valid)
                 )
                 continue
+            message = err.message
+            # Of alternatives (tune.units: 'all' or a list), report what broke in the one of the value's type.
+            wrong_type = {e.relative_schema_path[0] for e in err.context or [] if e.validator == "type" and not e.relative_path}
+            same_type = [e for e in err.context or [] if e.relative_schema_path[0] not in wrong_type]
+            if err.validator in ("oneOf", "anyOf") and same_type:
+                message = jsonschema.exceptions.best_match(same_type).message
+            if err.validator == "minItems":
+                message = f"{err.instance!r} has {len(err.instance)} entries, at least {err.validator_value} needed"
             hint = _describe(root, [p for p in path])
-            lines.append(f"{_key(path)}: {err.message}" + (f" ({hint})" if hint else ""))
+            lines.append(f"{_key(path)}: {message}" + (f" ({hint})" if hint else ""))
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(lines))
     _check_cross_keys(cfg)
     return cfg
+
+
+def _did_you_mean(given: list[str], valid: list[str]) -> str:
+    """'; did you mean 'n_steps'?' for near misses, so a typo is fixed without reading the schema."""
+    pairs = [(g, m[0]) for g in given if (m := difflib.get_close_matches(g, valid, n=1, cutoff=0.6))]
+    if not pairs:
+        return ""
+    if len(given) == 1:
+        return f"; did you mean '{pairs[0][1]}'?"
+    return "; did you mean " + ", ".join(f"'{m}' for '{g}'" for g, m in pairs) + "?"
 
 
 def _check_cross_keys(cfg: dict[str, Any]) -> None:
@@ -115,8 +152,6 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
             problems.append(f"generator.{key}: required for generator.kind '{gen['kind']}' ({_describe(schema(), ['generator', key])})")
     if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "ground_truth":
         problems.append(f"measure.segmenter: 'ground_truth' needs the critters world's exact masks; for {gen['kind']} use 'whole_image'")
-    if gen["kind"] == "biggan" and not 0 < gen["truncation_psi"] <= 1:
-        problems.append("generator.truncation_psi: BigGAN's truncation must be in (0, 1]")
     for i, clf in enumerate(cfg["classifiers"]):
         kind, arch = clf["kind"], clf["arch"]
         if kind == "demo" and arch not in DEMO_ARCHS:
@@ -283,6 +318,10 @@ class Config:
         """Short hash of some top-level sections: Snakemake params use it to rerun only what changed."""
         payload = {s: self.raw.get(s) for s in sorted(sections)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def stage_digest(self, stage: str) -> str:
+        """The digest of the sections ``stage`` reads: its rule's param, and the record in its artifacts."""
+        return self.digest(*STAGE_SECTIONS[stage])
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> Config:

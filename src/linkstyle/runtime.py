@@ -43,9 +43,17 @@ def autocast(device: torch.device, precision: str) -> ContextManager:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def run_batched(n: int, size: int, step: Callable[[slice], None], on_done: Callable[[int], None] | None = None) -> int:
+def run_batched(
+    n: int,
+    size: int,
+    step: Callable[[slice], None],
+    on_done: Callable[[int], None] | None = None,
+    setting: str = "batch_size",
+) -> int:
     """Call ``step`` on consecutive slices of ``range(n)``; on a CUDA out-of-memory error, halve the
-    batch and retry the same slice. Returns the batch size that worked."""
+    batch and retry the same slice. Returns the batch size that worked, and logs it when it is
+    smaller than asked, naming the config key (``setting``) that would skip the retries next time."""
+    asked = size
     start = 0
     while start < n:
         stop = min(n, start + size)
@@ -62,6 +70,9 @@ def run_batched(n: int, size: int, step: Callable[[slice], None], on_done: Calla
         if on_done is not None:
             on_done(stop - start)
         start = stop
+    if size < asked:
+        log.warning("batch size %d fits in GPU memory (%s asks for %d); set %s: %d to skip the retries",
+                    size, setting, asked, setting, size)
     return size
 
 

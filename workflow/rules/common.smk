@@ -58,3 +58,16 @@ onstart:
             "files this config needs are missing or do not fit it (see `linkstyle doctor --config FILE`):\n"
             + report(_missing)
         )
+    # With the SLURM executor: the commands it needs, and accounting for its status checks
+    # (without it the run would wait for ever on jobs it cannot see finish).
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        from linkstyle.cluster import slurm_problems
+
+        _requested = {"slurm_partition": {}, "slurm_account": {}}
+        for _job in workflow.dag.needrun_jobs():
+            for _key, _seen in _requested.items():
+                if _job.resources.get(_key):
+                    _seen.setdefault(str(_job.resources.get(_key)), set()).add(_job.rule.name)
+        _problems = slurm_problems(getattr(workflow.executor_settings, "status_command", None), _requested)
+        if _problems:
+            raise WorkflowError("SLURM cannot run this workflow from here:\n" + "\n".join(f"- {p}" for p in _problems))

@@ -30,9 +30,11 @@ def classifier_dir(cfg: Config, name: str) -> Path:
 
 
 def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from ..artifacts import origin
     from .demo import load_demo
 
-    return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device)
+    made = origin(cfg, "train", classifier=clf.name)
+    return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device, made)
 
 
 def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
@@ -70,7 +72,12 @@ def load_classifier(cfg: Config, name: str, device: torch.device) -> Classifier:
     """Load a configured classifier and check it against what the config expects of it."""
     spec = cfg.classifier(name)
     _check_kind(spec.kind)
-    clf = CLASSIFIER_KINDS[spec.kind](cfg, spec, device)
+    try:
+        clf = CLASSIFIER_KINDS[spec.kind](cfg, spec, device)
+    except ValueError as exc:  # loaders say what is wrong with the file; the config names it
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"classifier '{name}' ({spec.kind}): {exc}") from exc
     # Declared counts plan the DAG without the model; every other count is read from tables
     # checked by the tests, or from this very model.
     if spec.num_units is not None and clf.num_units != spec.num_units:

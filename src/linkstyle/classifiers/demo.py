@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import DEMO_ARCHS
 from ..generators.base import Generator
+from ..io import ARTIFACT_KEY, Origin, artifact_error, check_origin, missing_error
 from ..runtime import batches, progress
 from ..seeds import EVAL_SEED_BASE, TRAIN_SEED_BASE, derive
 from .wrapper import Classifier
@@ -137,15 +138,25 @@ def save_demo(clf: Classifier, arch: str, resolution: int, path: str | Path, ext
         torch.save(payload, tmp)
 
 
-def load_demo(path: str | Path, name: str, device: torch.device) -> Classifier:
+def load_demo(path: str | Path, name: str, device: torch.device, origin: Origin | None = None) -> Classifier:
+    """Load weights written by ``save_demo``; a missing, damaged or stale file is an ArtifactError."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"weights of demo classifier '{name}' not found at {path}; the workflow's train_classifier "
-            f"rule makes them (snakemake {path}), or run: linkstyle train --classifier {name}"
-        )
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise missing_error(path, origin)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, UnpicklingError, EOFError... for a damaged file
+        text = str(exc).strip().splitlines()
+        raise artifact_error(path, f"cannot be read as demo classifier weights ({type(exc).__name__}: "
+                                   f"{text[0] if text else ''}): it is corrupted or truncated", origin) from exc
+    absent = [k for k in ("arch", "num_classes", "resolution", "class_names", "state_dict") if not isinstance(payload, dict) or k not in payload]
+    if absent:
+        raise artifact_error(path, f"is not a demo classifier file written by linkstyle train (no {', '.join(absent)})", origin)
+    check_origin(path, payload.get(ARTIFACT_KEY), origin)
     net = build_demo_net(payload["arch"], payload["num_classes"], payload["resolution"])
-    net.load_state_dict(payload["state_dict"])
+    try:
+        net.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise artifact_error(path, f"does not fit a demo {payload['arch']}: {str(exc).splitlines()[0]}", origin) from exc
     clf = Classifier(net, name=name, input_size=None, mean=DEMO_MEAN, std=DEMO_STD, class_names=payload["class_names"])
     return clf.to(device).eval()

@@ -31,7 +31,10 @@ def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
 def _biggan(cfg: GeneratorConfig, seed: int) -> Generator:
     from .biggan import load_biggan
 
-    gen = load_biggan(cfg.weights_dir, truncation=cfg.truncation_psi)  # type: ignore[arg-type]
+    try:
+        gen = load_biggan(cfg.weights_dir, truncation=cfg.truncation_psi)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(f"generator: {exc}") from None
     if gen.num_classes != cfg.num_classes:
         raise ConfigError(
             f"generator.num_classes: the network in {cfg.weights_dir} has {gen.num_classes} classes, the config says {cfg.num_classes}"

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import LinkstyleError
 from .base import check_classes, check_seeds, resolve_class_names
 
 __all__ = ["BigGAN", "BigGANLoadError", "biggan_asset", "load_biggan", "OFFICIAL_WEIGHTS"]
@@ -62,7 +63,7 @@ def _source_hint() -> str:
     )
 
 
-class BigGANLoadError(RuntimeError):
+class BigGANLoadError(LinkstyleError, RuntimeError):
     """BigGAN weights that do not fit the network their config.json describes."""
 
 

@@ -350,8 +350,13 @@ class Critters(nn.Module):
         return _rowwise(self._check_w(w) - self.offset, self.rotation.T)
 
     def factors(self, w: torch.Tensor) -> torch.Tensor:
-        """Each factor in [0, 1] (index into ``FACTOR_NAMES``) for ``w`` [B, w_dim]."""
-        return torch.sigmoid(self.w_to_logits(w))
+        """Each factor in [0, 1] (index into ``FACTOR_NAMES``) for ``w`` [B, w_dim].
+
+        The sigmoid runs in float64: torch's CPU kernel gives the elements of a batch's vectorised
+        part and of its scalar tail results one float32 ulp apart, so a row's factors would depend
+        on the batch around it; in float64 that difference vanishes when rounding back."""
+        logits = self.w_to_logits(w)
+        return torch.sigmoid(logits.double()).to(logits.dtype)
 
     def _check_w(self, w: torch.Tensor) -> torch.Tensor:
         if not isinstance(w, torch.Tensor) or w.ndim != 2 or w.shape[1] != self.w_dim:

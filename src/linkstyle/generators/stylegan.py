@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import LinkstyleError
 from .base import check_classes, check_seeds, resolve_class_names
 
 __all__ = [
@@ -70,7 +71,7 @@ _PERSISTENT_RECONSTRUCT = ("torch_utils.persistence", "_reconstruct_persistent_o
 _IMAGENET_LABELS = Path("media") / "imagenet_idx2labels.txt"
 
 
-class StyleGANLoadError(RuntimeError):
+class StyleGANLoadError(LinkstyleError, RuntimeError):
     """A StyleGAN pickle whose G_ema cannot be rebuilt in this environment."""
 
 

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from ..artifacts import origin
 from ..config import Config
+from ..io import Origin
 from ..paths import RunPaths
 
 if TYPE_CHECKING:
@@ -52,6 +54,10 @@ class Context:
 
             self._classifiers[name] = load_classifier(self.cfg, name, self.device)
         return self._classifiers[name]
+
+    def origin(self, stage: str, **wildcards: object) -> Origin:
+        """What artifacts of ``stage`` record, and what readers of them expect (see artifacts.py)."""
+        return origin(self.cfg, stage, **wildcards)
 
     def wrote(self, *paths: object) -> None:
         for p in paths:

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..artifacts import SAMPLES
 from ..io import read_npz, write_npz, write_parquet
 from ..runtime import autocast, progress, run_batched
 from .context import Context
@@ -14,7 +15,7 @@ from .context import Context
 @torch.inference_mode()
 def run_extract(ctx: Context, cls: int, shard: int) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    samples = read_npz(paths.samples(cls, shard))
+    samples = read_npz(paths.samples(cls, shard), origin=ctx.origin("sample", cls=cls, shard=shard), arrays=SAMPLES)
     w_all = torch.from_numpy(samples["w"])
     names = [c.name for c in cfg.classifiers]
     clfs = [ctx.classifier(n) for n in names]
@@ -35,7 +36,7 @@ def run_extract(ctx: Context, cls: int, shard: int) -> None:
                 probs[name][sl, 1] = p[:, cls].cpu().numpy()
 
     with progress(n, f"extract class {cls} shard {shard}") as bar:
-        run_batched(n, cfg.generator.batch_size, step, bar.update)
+        run_batched(n, cfg.generator.batch_size, step, bar.update, setting="generator.batch_size")
     table = pd.concat(
         [
             pd.DataFrame(
@@ -53,6 +54,7 @@ def run_extract(ctx: Context, cls: int, shard: int) -> None:
         ],
         ignore_index=True,
     )
-    write_npz(paths.extract_arrays(cls, shard), seed=samples["seed"], w=samples["w"], **{f"r__{k}": v for k, v in feats.items()})
-    write_parquet(table, paths.extract_table(cls, shard))
+    made = ctx.origin("extract", cls=cls, shard=shard)
+    write_npz(paths.extract_arrays(cls, shard), made, seed=samples["seed"], w=samples["w"], **{f"r__{k}": v for k, v in feats.items()})
+    write_parquet(table, paths.extract_table(cls, shard), made)
     ctx.wrote(paths.extract_arrays(cls, shard), paths.extract_table(cls, shard))

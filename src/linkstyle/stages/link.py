@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from ..artifacts import LINK_MODEL, SELECT_ARRAYS, SELECT_TABLE
 from ..io import read_npz, read_parquet, write_json, write_npz
 from ..linking import (
     LinearLink,
@@ -38,7 +40,7 @@ def cycle_consistency(ctx: Context, name: str, link: LinearLink, r: np.ndarray, 
         agree[sl] = logits.argmax(1).cpu().numpy() == cls[sl]
         corr[sl] = row_correlation(r[sl], r2.float().cpu().numpy())
 
-    run_batched(len(r), ctx.cfg.generator.batch_size, step)
+    run_batched(len(r), ctx.cfg.generator.batch_size, step, setting="generator.batch_size")
     return {"cycle_agreement": float(agree.mean()), "cycle_feature_correlation": float(corr.mean())}
 
 
@@ -53,8 +55,7 @@ def evaluate_link(link: LinearLink, r: np.ndarray, w: np.ndarray) -> dict[str, f
 
 def run_link(ctx: Context, name: str) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    table = read_parquet(paths.select_table(name))
-    arrays = read_npz(paths.select_arrays(name))
+    table, arrays = read_select(ctx, name)
     train = (table["split"] == "train").to_numpy()
     r, w = arrays["r"].astype(np.float64), arrays["w"].astype(np.float64)
     links = {"ols": fit_ols(r[train], w[train])}
@@ -87,10 +88,21 @@ def run_link(ctx: Context, name: str) -> None:
                 "cycle_samples": int(len(cycle_idx)),
             },
         }
-    write_npz(paths.link_model(name), **links[cfg.link.method].to_arrays())
-    write_json(metrics, paths.link_metrics(name))
+    made = ctx.origin("link", classifier=name)
+    write_npz(paths.link_model(name), made, **links[cfg.link.method].to_arrays())
+    write_json(metrics, paths.link_metrics(name), made)
     ctx.wrote(paths.link_model(name), paths.link_metrics(name))
 
 
-def load_link(ctx: Context, name: str) -> LinearLink:
-    return LinearLink.from_arrays(read_npz(ctx.paths.link_model(name)))
+def read_select(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """The selected samples of classifier ``name``: table and arrays, checked to belong together."""
+    made = ctx.origin("select", classifier=name)
+    table = read_parquet(ctx.paths.select_table(name), origin=made, schema=SELECT_TABLE)
+    arrays = read_npz(ctx.paths.select_arrays(name), origin=made, arrays=SELECT_ARRAYS, dims={"n": len(table)})
+    return table, arrays
+
+
+def load_link(ctx: Context, name: str, dims: dict[str, int] | None = None) -> LinearLink:
+    """The fitted map; ``dims`` (units, w_dim) are checked against the arrays it is applied to."""
+    made = ctx.origin("link", classifier=name)
+    return LinearLink.from_arrays(read_npz(ctx.paths.link_model(name), origin=made, arrays=LINK_MODEL, dims=dims))

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..artifacts import TUNE_ARRAYS
 from ..config import ConfigError
-from ..io import read_npz, write_parquet
+from ..io import artifact_error, read_npz, write_parquet
 from ..measures import STATIC_PROPERTIES, part_measures, sweep_motion
 from .context import Context
 
@@ -26,14 +27,30 @@ def segment(ctx: Context, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tu
 
 
 def run_measure(ctx: Context, name: str, shard: int) -> None:
-    cfg, paths = ctx.cfg, ctx.paths
-    arrays = read_npz(paths.tune_arrays(name, shard))
+    paths = ctx.paths
+    made, path = ctx.origin("tune", classifier=name, shard=shard), paths.tune_arrays(name, shard)
+    arrays = read_npz(path, origin=made, arrays=TUNE_ARRAYS)
+    n, k = len(arrays["images"]), ctx.cfg.tune.n_steps
+    if n % k:
+        raise artifact_error(path, f"holds {n} images, not whole sweeps of tune.n_steps={k} images", made)
+    if "masks" in arrays and "part_names" not in arrays:
+        raise artifact_error(path, "holds label maps ('masks') but no 'part_names' to name their values", made)
+    if "masks" in arrays and arrays["masks"].size and int(arrays["masks"].max()) >= len(arrays["part_names"]):
+        raise artifact_error(path, f"its label maps hold part index {int(arrays['masks'].max())}, but only "
+                                   f"{len(arrays['part_names'])} parts are named (0..{len(arrays['part_names']) - 1})", made)
+    table = measure_sweeps(ctx, arrays)
+    write_parquet(table, paths.measure_table(name, shard), ctx.origin("measure", classifier=name, shard=shard))
+    ctx.wrote(paths.measure_table(name, shard))
+
+
+def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Part measures and motion of every image of tune arrays (whole sweeps of tune.n_steps images)."""
     images = arrays["images"]
-    masks, part_names = segment(ctx, arrays)
     n, h, w_px, _ = images.shape
-    k = cfg.tune.n_steps
+    k = ctx.cfg.tune.n_steps
+    masks, part_names = segment(ctx, arrays)
     n_parts = len(part_names)
-    static = part_measures(images, masks, n_parts, entropy_radius=cfg.measure.entropy_radius)  # [N, P, M]
+    static = part_measures(images, masks, n_parts, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M]
     motion = sweep_motion(images.reshape(n // k, k, h, w_px, 3), masks.reshape(n // k, k, h, w_px), n_parts).reshape(n, n_parts)
     table = pd.DataFrame(
         {
@@ -46,5 +63,4 @@ def run_measure(ctx: Context, name: str, shard: int) -> None:
     for j, prop in enumerate(STATIC_PROPERTIES):
         table[prop] = static[:, :, j].reshape(-1)
     table["motion"] = motion.reshape(-1)
-    write_parquet(table, paths.measure_table(name, shard))
-    ctx.wrote(paths.measure_table(name, shard))
+    return table

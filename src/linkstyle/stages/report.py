@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..artifacts import CLASSIFIER_METRICS, LINK_METRICS, SELECTIVITY_FEATURES, SELECTIVITY_UNITS, TUNE_ARRAYS  # noqa: E402
 from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
@@ -52,7 +53,7 @@ def sweep_images(ctx: Context, name: str, units: list[int], starts: int = 2) -> 
     out: dict[int, np.ndarray] = {}
     k = ctx.cfg.tune.n_steps
     for shard, wanted in by_shard.items():
-        arrays = read_npz(ctx.paths.tune_arrays(name, shard))
+        arrays = read_npz(ctx.paths.tune_arrays(name, shard), origin=ctx.origin("tune", classifier=name, shard=shard), arrays=TUNE_ARRAYS)
         for u in wanted:
             sel = np.flatnonzero((arrays["unit"] == u) & (arrays["start"] < starts))
             imgs = arrays["images"][sel]
@@ -184,14 +185,18 @@ def _fmt(v: Any) -> str:
 def run_report(ctx: Context) -> None:
     cfg, paths = ctx.cfg, ctx.paths
     figs: list[tuple[str, str, bytes]] = []
-    link_metrics = {c.name: read_json(paths.link_metrics(c.name)) for c in cfg.classifiers}
+    link_metrics = {
+        c.name: read_json(paths.link_metrics(c.name), origin=ctx.origin("link", classifier=c.name), keys=LINK_METRICS)
+        for c in cfg.classifiers
+    }
     figs.append(("Linking quality", "OLS and ridge maps r -> w on the test split.", figure_linking(link_metrics, paths.figures / "linking.png")))
     summary_clf: dict[str, Any] = {}
     unit_rows: dict[str, list[dict[str, Any]]] = {}
     for clf in cfg.classifiers:
         name = clf.name
-        units = read_parquet(paths.selectivity_units(name))
-        features = read_parquet(paths.selectivity_features(name))
+        made = ctx.origin("selectivity", classifier=name)
+        units = read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS)
+        features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
         top = top_units(units, cfg.report.top_units)
         images = sweep_images(ctx, name, top["unit"].tolist())
         resolution = next(iter(images.values())).shape[-2]
@@ -203,7 +208,8 @@ def run_report(ctx: Context) -> None:
                      figure_population(features, units, name, paths.figures / f"population-{name}.png")))
         accuracy = None
         if clf.kind in TRAINED_BY_WORKFLOW:
-            accuracy = read_json(paths.classifier_metrics(name))["heldout_accuracy"]
+            accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
+                                 keys=CLASSIFIER_METRICS)["heldout_accuracy"]
         lm = link_metrics[name]
         used = lm[cfg.link.method]["test"]
         summary_clf[name] = {
@@ -241,7 +247,7 @@ def run_report(ctx: Context) -> None:
         "timing": timing,
         "peak_job_rss_mb": max((t["max_rss_mb"] for t in timing.values()), default=None),
     }
-    write_json(summary, paths.summary)
+    write_json(summary, paths.summary, ctx.origin("report"))
     write_text(_html(cfg.run, summary, figs, unit_rows), paths.report)
     ctx.wrote(paths.figures, paths.summary, paths.report)
 

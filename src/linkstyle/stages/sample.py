@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..errors import LinkstyleError
 from ..io import write_npz
 from ..runtime import batches
 from ..seeds import sample_seeds
@@ -14,7 +15,10 @@ from .context import Context
 def shard_range(per_class: int, per_shard: int, shard: int) -> tuple[int, int]:
     start = shard * per_shard
     if not 0 <= start < per_class:
-        raise ValueError(f"shard {shard} out of range: {per_class} samples per class in shards of {per_shard}")
+        raise LinkstyleError(
+            f"sample shard {shard} out of range: {per_class} samples per class in shards of {per_shard} "
+            f"are shards 0..{-(-per_class // per_shard) - 1} (config keys sample.per_class, sample.per_shard)"
+        )
     return start, min(per_class, start + per_shard)
 
 
@@ -22,7 +26,7 @@ def shard_range(per_class: int, per_shard: int, shard: int) -> tuple[int, int]:
 def run_sample(ctx: Context, cls: int, shard: int) -> None:
     cfg = ctx.cfg
     if cls not in cfg.classes:
-        raise ValueError(f"class {cls} is not in the analysed class set {list(cfg.classes)}")
+        raise LinkstyleError(f"class {cls} is not in the analysed class set {list(cfg.classes)} (config key classes)")
     start, stop = shard_range(cfg.sample.per_class, cfg.sample.per_shard, shard)
     seeds = sample_seeds(cfg.sample.first_seed, cls, start, stop)
     gen = ctx.generator
@@ -34,5 +38,6 @@ def run_sample(ctx: Context, cls: int, shard: int) -> None:
         classes = torch.full((sl.stop - sl.start,), cls, dtype=torch.long, device=ctx.device)
         w[sl] = gen.mapping(z[sl].to(ctx.device), classes, truncation_psi=cfg.generator.truncation_psi).cpu()
     out = ctx.paths.samples(cls, shard)
-    write_npz(out, seed=seeds, cls=np.full(len(seeds), cls, dtype=np.int64), z=z.numpy(), w=w.numpy())
+    write_npz(out, ctx.origin("sample", cls=cls, shard=shard),
+              seed=seeds, cls=np.full(len(seeds), cls, dtype=np.int64), z=z.numpy(), w=w.numpy())
     ctx.wrote(out)

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 
 from ..config import ConfigError
-from ..io import read_npz, read_parquet, write_npz, write_parquet
+from ..artifacts import EXTRACT_TABLE, extract_arrays
+from ..io import artifact_error, read_npz, read_parquet, write_npz, write_parquet
 from ..seeds import in_test_split
 from .context import Context, log
 
@@ -27,11 +28,13 @@ def run_select(ctx: Context, name: str) -> None:
     cfg, paths = ctx.cfg, ctx.paths
     tables, ws, rs = [], [], []
     for cls, shard in extract_shards(ctx):
-        table = read_parquet(paths.extract_table(cls, shard))
+        made = ctx.origin("extract", cls=cls, shard=shard)
+        table = read_parquet(paths.extract_table(cls, shard), origin=made, schema=EXTRACT_TABLE)
         table = table[table["classifier"] == name].reset_index(drop=True)
-        arrays = read_npz(paths.extract_arrays(cls, shard))
+        arrays = read_npz(paths.extract_arrays(cls, shard), origin=made, arrays=extract_arrays([name]), dims={"n": len(table)})
         if not np.array_equal(arrays["seed"], table["seed"].to_numpy()):
-            raise RuntimeError(f"{paths.extract_table(cls, shard)} and its arrays disagree on sample order; delete both and rerun")
+            raise artifact_error(paths.extract_table(cls, shard), f"and {paths.extract_arrays(cls, shard).name} disagree on "
+                                 "the order of samples", made)
         keep = table["correct"].to_numpy()
         tables.append(table[keep])
         ws.append(arrays["w"][keep])
@@ -65,6 +68,7 @@ def run_select(ctx: Context, name: str) -> None:
     if n_train < max(cfg.link.cv_folds, 2 * len(cfg.classes)):
         raise ConfigError(f"classifier '{name}': only {n_train} correctly classified training samples; raise sample.per_class")
     low, high = unit_bounds(r[~test], cfg.tune.bounds, cfg.tune.percentiles)
-    write_npz(paths.select_arrays(name), seed=table["seed"].to_numpy(), w=w, r=r, unit_low=low, unit_high=high)
-    write_parquet(table[["seed", "cls", "pred", "prob_pred", "split", "start"]], paths.select_table(name))
+    made = ctx.origin("select", classifier=name)
+    write_npz(paths.select_arrays(name), made, seed=table["seed"].to_numpy(), w=w, r=r, unit_low=low, unit_high=high)
+    write_parquet(table[["seed", "cls", "pred", "prob_pred", "split", "start"]], paths.select_table(name), made)
     ctx.wrote(paths.select_arrays(name), paths.select_table(name))

@@ -9,13 +9,16 @@ samples, and also expressed in units of the property's spread over all swept ima
 from __future__ import annotations
 
 import warnings
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..units import unit_shards
-from ..io import read_parquet, write_parquet
+from ..artifacts import TUNE_TABLE, measure_table
+from ..config import Config
+from ..io import artifact_error, read_parquet, write_parquet
 from ..measures import PROPERTIES
+from ..units import unit_shards
 from .context import Context
 
 #: Reported, but never chosen as a unit's label: counts are not magnitudes, and motion (zero at the
@@ -25,19 +28,25 @@ FACTOR_PREFIX = "factor__"
 
 
 class _Moments:
-    """NaN-aware running mean/variance per column, merged shard by shard."""
+    """NaN-aware running mean/variance per column, merged unit by unit.
+
+    Each unit's rows are summed on their own and added to the totals one unit at a time, in unit
+    order: the float64 sums are then the same however the units are split into shards.
+    """
 
     def __init__(self) -> None:
         self.n = self.s = self.ss = None
 
     def add(self, x: np.ndarray) -> None:
+        """``x`` [units, rows per unit, columns]."""
         ok = np.isfinite(x)
         xz = np.where(ok, x, 0.0).astype(np.float64)
-        n, s, ss = ok.sum(0), xz.sum(0), (xz**2).sum(0)
-        if self.n is None:
-            self.n, self.s, self.ss = n, s, ss
-        else:
-            self.n, self.s, self.ss = self.n + n, self.s + s, self.ss + ss
+        n, s, ss = ok.sum(1), xz.sum(1), (xz**2).sum(1)
+        for u in range(x.shape[0]):
+            if self.n is None:
+                self.n, self.s, self.ss = n[u], s[u], ss[u]
+            else:
+                self.n, self.s, self.ss = self.n + n[u], self.s + s[u], self.ss + ss[u]
 
     def std(self) -> np.ndarray:
         n = np.maximum(self.n, 1)
@@ -88,20 +97,48 @@ def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int) -> pd
 
 
 def run_selectivity(ctx: Context, name: str) -> None:
-    cfg, paths = ctx.cfg, ctx.paths
+    paths = ctx.paths
+    features, units_table = summarise(ctx.cfg, _read_shards(ctx, name))
+    made = ctx.origin("selectivity", classifier=name)
+    write_parquet(features, paths.selectivity_features(name), made)
+    write_parquet(units_table, paths.selectivity_units(name), made)
+    ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name))
+
+
+def _read_shards(ctx: Context, name: str) -> Iterator[tuple[list[int], pd.DataFrame, pd.DataFrame]]:
+    """Each unit shard's tune and measure tables, checked against each other, one shard at a time."""
+    paths, k = ctx.paths, ctx.cfg.tune.n_steps
+    for shard, units in enumerate(unit_shards(ctx.cfg, name)):
+        made_tune = ctx.origin("tune", classifier=name, shard=shard)
+        made_meas = ctx.origin("measure", classifier=name, shard=shard)
+        tune = read_parquet(paths.tune_table(name, shard), origin=made_tune, schema=TUNE_TABLE)
+        meas = read_parquet(paths.measure_table(name, shard), origin=made_meas, schema=measure_table())
+        n_s = tune["start"].nunique()
+        found = sorted(int(u) for u in tune["unit"].unique())
+        if len(tune) != len(units) * n_s * k or found != sorted(units):
+            raise artifact_error(paths.tune_table(name, shard), f"has {len(tune)} rows of units {found}, "
+                                 f"expected units {units} x {n_s} starts x {k} steps", made_tune)
+        n_p = len(meas["part"].cat.categories)
+        if len(meas) != len(tune) * n_p:
+            raise artifact_error(paths.measure_table(name, shard), f"has {len(meas)} rows, expected {len(tune)} images x "
+                                 f"{n_p} parts (made from another tune shard?)", made_meas)
+        yield units, tune, meas
+
+
+def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-(unit, feature) changes and per-unit faithfulness and labels from blocks of (units, tune, measure)
+    tables, consumed one block at a time; changes are scaled by each feature's spread over all blocks."""
     k = cfg.tune.n_steps
     unit_frames, delta_blocks, count_blocks = [], [], []
     moments = _Moments()
     feature_index: pd.DataFrame | None = None
-    for shard, units in enumerate(unit_shards(cfg, name)):
-        tune = read_parquet(paths.tune_table(name, shard)).sort_values(["unit", "start", "step"], kind="stable")
-        meas = read_parquet(paths.measure_table(name, shard)).sort_values(["unit", "start", "step", "part"], kind="stable")
+    for units, tune, meas in blocks:
+        tune = tune.sort_values(["unit", "start", "step"], kind="stable")
+        meas = meas.sort_values(["unit", "start", "step", "part"], kind="stable")
         n_u = len(units)
         n_s = tune["start"].nunique()
-        if len(tune) != n_u * n_s * k:
-            raise RuntimeError(f"{paths.tune_table(name, shard)} has {len(tune)} rows, expected {n_u}x{n_s}x{k}; rerun tune")
+        n_p = len(meas["part"].cat.categories)
         parts = list(meas["part"].cat.categories)
-        n_p = len(parts)
         m_vals = meas[list(PROPERTIES)].to_numpy(np.float64).reshape(n_u, n_s, k, n_p, len(PROPERTIES))
         m_vals = m_vals.reshape(n_u, n_s, k, n_p * len(PROPERTIES))
         factor_cols = [c for c in tune.columns if c.startswith(FACTOR_PREFIX)]
@@ -116,14 +153,15 @@ def run_selectivity(ctx: Context, name: str) -> None:
                 }
             )
             axial = (feature_index["property"] == "angle").to_numpy() & (feature_index["kind"] == "measure").to_numpy()
-        moments.add(values.reshape(-1, values.shape[-1]))
+        moments.add(values.reshape(n_u, -1, values.shape[-1]))
         deltas, counts = _sweep_deltas(values, axial)
         delta_blocks.append(deltas)
         count_blocks.append(counts)
         faith = _faithfulness(tune, n_u, n_s, k)
-        faith.insert(0, "unit", np.asarray(units))
+        faith.insert(0, "unit", np.sort(np.asarray(units)))
         unit_frames.append(faith)
-    assert feature_index is not None
+    if feature_index is None:
+        raise ValueError("summarise: no blocks of units given")
     deltas = np.concatenate(delta_blocks)
     counts = np.concatenate(count_blocks)
     scale = moments.std()
@@ -143,10 +181,7 @@ def run_selectivity(ctx: Context, name: str) -> None:
         }
     )
     labels = _labels(delta_std, feature_index)
-    units_table = pd.concat([units_table, labels], axis=1)
-    write_parquet(features, paths.selectivity_features(name))
-    write_parquet(units_table, paths.selectivity_units(name))
-    ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name))
+    return features, pd.concat([units_table, labels], axis=1)
 
 
 def _labels(delta_std: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:

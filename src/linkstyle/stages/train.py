@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from ..units import TRAINED_BY_WORKFLOW
 from ..classifiers.demo import save_demo, train_demo
 from ..config import ConfigError
-from ..io import write_json
+from ..errors import LinkstyleError
+from ..io import ARTIFACT_KEY, write_json
+from ..units import TRAINED_BY_WORKFLOW
 from .context import Context, log
 
 
-class AccuracyTooLow(RuntimeError):
-    pass
+class AccuracyTooLow(LinkstyleError, RuntimeError):
+    """Training ended below train.min_accuracy: analysing a bad classifier would look like a result."""
 
 
 def run_train(ctx: Context, name: str) -> None:
@@ -50,6 +51,8 @@ def run_train(ctx: Context, name: str) -> None:
             f"{t.min_accuracy}; raise train.steps (now {t.steps}) or lower train.min_accuracy"
         )
     paths = ctx.paths
-    save_demo(clf, clf_cfg.arch, cfg.generator.resolution, paths.classifier_weights(name), {"metrics": metrics})
-    write_json(metrics, paths.classifier_metrics(name))
+    made = ctx.origin("train", classifier=name)
+    save_demo(clf, clf_cfg.arch, cfg.generator.resolution, paths.classifier_weights(name),
+              {"metrics": metrics, ARTIFACT_KEY: made.record()})
+    write_json(metrics, paths.classifier_metrics(name), made)
     ctx.wrote(paths.classifier_weights(name), paths.classifier_metrics(name))

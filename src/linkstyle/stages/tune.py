@@ -8,15 +8,18 @@ is recorded, so every sweep carries its own faithfulness check.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 import torch
 
-from ..units import unit_shards
-from ..io import read_npz, read_parquet, write_npz, write_parquet
+from ..errors import LinkstyleError
+from ..io import write_npz, write_parquet
 from ..runtime import autocast, progress, run_batched
+from ..units import unit_shards
 from .context import Context
-from .link import load_link
+from .link import load_link, read_select
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -25,15 +28,27 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
-@torch.inference_mode()
 def run_tune(ctx: Context, name: str, shard: int) -> None:
-    cfg, paths = ctx.cfg, ctx.paths
-    shards = unit_shards(cfg, name)
+    paths = ctx.paths
+    shards = unit_shards(ctx.cfg, name)
     if not 0 <= shard < len(shards):
-        raise ValueError(f"unit shard {shard} out of range: classifier '{name}' has {len(shards)} shards")
-    units = np.asarray(shards[shard], dtype=np.int64)
-    table = read_parquet(paths.select_table(name))
-    arrays = read_npz(paths.select_arrays(name))
+        raise LinkstyleError(
+            f"unit shard {shard} out of range: classifier '{name}' has {len(shards)} unit shards (0..{len(shards) - 1}) "
+            "with the config's tune.units and tune.units_per_shard"
+        )
+    out, arrays = sweep_units(ctx, name, shards[shard], label=f"tune {name} shard {shard}")
+    made = ctx.origin("tune", classifier=name, shard=shard)
+    write_npz(paths.tune_arrays(name, shard), made, **arrays)
+    write_parquet(out, paths.tune_table(name, shard), made)
+    ctx.wrote(paths.tune_arrays(name, shard), paths.tune_table(name, shard))
+
+
+@torch.inference_mode()
+def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard."""
+    cfg = ctx.cfg
+    units = np.asarray(unit_list, dtype=np.int64)
+    table, arrays = read_select(ctx, name)
     starts = table.index[table["start"]].to_numpy()
     r0 = torch.from_numpy(arrays["r"][starts].astype(np.float32))
     start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
@@ -42,7 +57,7 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
     low, high = arrays["unit_low"][units], arrays["unit_high"][units]
     values = torch.from_numpy((low[:, None] + (high - low)[:, None] * frac[None]).astype(np.float32))  # [U, K]
 
-    link = load_link(ctx, name)
+    link = load_link(ctx, name, dims={"units": arrays["r"].shape[1], "w_dim": arrays["w"].shape[1]})
     coef = torch.from_numpy(link.coef).to(ctx.device)
     intercept = torch.from_numpy(link.intercept).to(ctx.device)
     gen, clf = ctx.generator, ctx.classifier(name)
@@ -84,8 +99,8 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
             truth_arrays["masks"][sl] = truth.masks.cpu().numpy()
             truth_arrays["factors"][sl] = truth.factors.float().cpu().numpy()
 
-    with progress(n, f"tune {name} shard {shard}") as bar:
-        run_batched(n, cfg.tune.batch_size, step, bar.update)
+    with progress(n, label) as bar:
+        run_batched(n, cfg.tune.batch_size, step, bar.update, setting="tune.batch_size")
     masks = truth_arrays.get("masks")
     factors = truth_arrays.get("factors")
     factor_names = names_of.get("factors", ())
@@ -108,6 +123,4 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
         for j, fname in enumerate(factor_names):
             out[f"factor__{fname}"] = factors[:, j]
     extra = {"masks": masks, "part_names": np.array(part_names)} if masks is not None else {}
-    write_npz(paths.tune_arrays(name, shard), unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, w=w_out, images=images, **extra)
-    write_parquet(out, paths.tune_table(name, shard))
-    ctx.wrote(paths.tune_arrays(name, shard), paths.tune_table(name, shard))
+    return out, dict(unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, w=w_out, images=images, **extra)

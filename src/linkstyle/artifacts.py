@@ -1,0 +1,98 @@
+"""What each artifact holds and which stage makes it: the contract between a writer and its readers.
+
+Writers record ``origin(cfg, stage, ...)`` in what they write; readers pass the same origin and
+the spec below, so an artifact from another stage, another config, or a damaged file is refused
+with a message that names the file and the command that remakes it (see ``io.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .config import STAGE_SECTIONS, Config
+from .io import Array, Columns, Origin
+from .paths import RunPaths
+
+
+def origin(cfg: Config, stage: str, **wildcards: object) -> Origin:
+    """The origin of an artifact of ``stage``; ``wildcards`` are that stage's CLI options."""
+    options = "".join(f" --{k} {v}" for k, v in wildcards.items())
+    remake = f"linkstyle {stage}{options} --config {RunPaths(cfg.run_dir).config}"
+    return Origin(stage, STAGE_SECTIONS[stage], cfg.stage_digest(stage), remake)
+
+
+_ROWS = ("n",)
+
+SAMPLES: dict[str, Array] = {
+    "seed": Array("int64", _ROWS),
+    "cls": Array("int64", _ROWS),
+    "z": Array("f", ("n", None)),
+    "w": Array("f", ("n", "w_dim")),
+}
+
+EXTRACT_TABLE: Columns = {
+    "seed": "i", "cls": "i", "classifier": "str", "pred": "i", "prob_pred": "f", "prob_true": "f", "correct": "b",
+}
+
+
+def extract_arrays(classifiers: Iterable[str]) -> dict[str, Array]:
+    """One feature array per classifier, all over the same samples."""
+    return {
+        "seed": Array("int64", _ROWS),
+        "w": Array("f", ("n", "w_dim")),
+        **{f"r__{name}": Array("f", ("n", None)) for name in classifiers},
+    }
+
+
+SELECT_TABLE: Columns = {"seed": "i", "cls": "i", "pred": "i", "prob_pred": "f", "split": "str", "start": "b"}
+
+SELECT_ARRAYS: dict[str, Array] = {
+    "seed": Array("int64", _ROWS),
+    "w": Array("f", ("n", "w_dim")),
+    "r": Array("f", ("n", "units")),
+    "unit_low": Array("f", ("units",)),
+    "unit_high": Array("f", ("units",)),
+}
+
+LINK_MODEL: dict[str, Array] = {
+    "coef": Array("f", ("units", "w_dim")),
+    "intercept": Array("f", ("w_dim",)),
+    "method": Array("U", ()),
+    "alpha": Array("f", ()),
+}
+
+LINK_METRICS = ("n_train", "n_test", "ols", "ridge", "geometry")
+CLASSIFIER_METRICS = ("heldout_accuracy",)
+
+TUNE_TABLE: Columns = {
+    "unit": "i", "start": "i", "start_seed": "i", "cls": "i", "step": "i",
+    "target": "f", "realised": "f", "pred": "i", "prob_cls": "f",
+}
+
+#: Images are uint8 NHWC; label maps (masks) hold a part index per pixel, one map per image.
+TUNE_ARRAYS: dict[str, Array] = {
+    "unit": Array("i", _ROWS),
+    "start": Array("i", _ROWS),
+    "step": Array("i", _ROWS),
+    "w": Array("f", ("n", None)),
+    "images": Array("uint8", ("n", "height", "width", 3)),
+    "masks": Array("uint8", ("n", "height", "width"), optional=True),
+    "part_names": Array("U", ("parts",), optional=True),
+}
+
+
+def measure_table() -> Columns:
+    """Built on call: the property list lives in measures.py, which imports scikit-image."""
+    from .measures import PROPERTIES
+
+    return {"unit": "i", "start": "i", "step": "i", "part": "category", **{p: "f" for p in PROPERTIES}}
+
+
+SELECTIVITY_FEATURES: Columns = {
+    "unit": "i", "kind": "str", "part": "str", "property": "str", "delta": "f", "delta_std": "f", "n_starts": "i",
+}
+
+SELECTIVITY_UNITS: Columns = {
+    "unit": "i", "realised_corr": "f", "realised_rise": "f", "rise_ratio": "f", "monotonic": "f", "class_kept": "f",
+    "top_measure": "str", "top_measure_delta_std": "f", "measure_selectivity": "f",
+}
