@@ -8,6 +8,7 @@ with the reason, never passed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +22,7 @@ from linkstyle.paths import RunPaths
 
 from . import slurm_cluster
 from .conftest import REPO, TINY, run_env, snakemake_cmd
-from .compare import assert_same_artifacts
+from .compare import assert_same_artifacts, assert_same_file
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
@@ -90,21 +91,31 @@ def our_jobs(cluster) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tiny_run, tmp_path_factory):
-    """The tiny workflow through profiles/slurm: stopped with SIGINT while it renders, started
-    again, one tune job killed with scancel on the way (and retried); what each step saw."""
+    """The tiny workflow through profiles/slurm: stopped with SIGINT while it tunes, started again,
+    one tune job's stage killed on the way (and retried); what each step saw.
+
+    To keep CI short it starts from the classifiers that the shared local run trained (with
+    Snakemake's records of them); every later stage runs on SLURM, from rendering on.
+    """
+    local_work, _, local = tiny_run
     work = tmp_path_factory.mktemp("slurm-run")
-    (work / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    profile = make_profile(work / "profile")
+    shutil.copytree(local_work, work, symlinks=True, dirs_exist_ok=True)  # keeps mtimes and .snakemake records
     paths = RunPaths(work / "results" / "tiny")
+    for stage in ("samples", "extract", "select", "link", "tune", "measure", "selectivity"):
+        shutil.rmtree(paths.root / stage)
+    for path in (paths.report, paths.summary):
+        path.unlink()
+    profile = make_profile(work / "profile")
     seen: dict[str, object] = {"work": work, "paths": paths, "cluster": cluster}
 
     first_log = work / "first.log"
     proc = start_snakemake(cluster, work, profile, first_log)
-    seen["interrupted"] = wait_until("a render job running", lambda: running(cluster, "render"), proc, first_log)
+    seen["interrupted"] = wait_until("a tune job running", lambda: running(cluster, "rule_tune"), proc, first_log)
     proc.send_signal(signal.SIGINT)
     seen["first_rc"] = finish(proc, first_log, 120)
     seen["left_in_queue"] = our_jobs(cluster)
-    seen["trained_before"] = {p: p.stat().st_mtime_ns for p in (paths.root / "classifiers").rglob("weights.pt")}
+    done = [paths.root / stage for stage in ("classifiers", "samples", "extract", "select", "link")]
+    seen["done_before"] = {p: p.stat().st_mtime_ns for d in done for p in d.rglob("*") if p.is_file()}
 
     second_log = work / "second.log"
     proc = start_snakemake(cluster, work, profile, second_log)
@@ -133,9 +144,11 @@ def test_sigint_cancels_every_slurm_job_of_the_run(slurm_run):
 
 def test_resumed_run_does_only_what_was_missing(slurm_run):
     second = slurm_run["second_log"]
-    assert "train_classifier" not in second, "the resumed run trained again"
-    trained = slurm_run["trained_before"]
-    assert len(trained) == 2 and all(p.stat().st_mtime_ns == t for p, t in trained.items())
+    for rule in ("train_classifier", "sample", "extract", "select", "link"):
+        assert f"rule {rule}:" not in second, f"the resumed run ran {rule} again"
+    done = slurm_run["done_before"]
+    assert len(done) > 10 and all(p.stat().st_mtime_ns == t for p, t in done.items())
+    assert "rule tune:" in second and "rule report:" in second
 
 
 def test_a_killed_job_is_retried_and_the_run_completes(slurm_run):
@@ -147,7 +160,9 @@ def test_a_killed_job_is_retried_and_the_run_completes(slurm_run):
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
     _, _, local = tiny_run
-    assert assert_same_artifacts(local.root, slurm_run["paths"].root) > 20
+    stages = ["samples", "extract", "select", "link", "tune", "measure", "selectivity"]
+    assert assert_same_artifacts(local.root, slurm_run["paths"].root, stages) > 30
+    assert_same_file(local.summary, slurm_run["paths"].summary)
 
 
 # ------------------------------------------------------------------ the submitit API (linkstyle.cluster)

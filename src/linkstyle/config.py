@@ -35,10 +35,10 @@ DEMO_ARCHS = tuple(DEMO_UNITS)
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("seed", "generator", "train"),
     "sample": ("seed", "generator", "sample"),
-    "extract": ("seed", "generator", "classifiers"),
+    "extract": ("seed", "generator", "classifiers", "precision"),
     "select": ("select", "tune"),
-    "link": ("link",),
-    "tune": ("tune",),
+    "link": ("link", "precision"),
+    "tune": ("tune", "precision"),
     "measure": ("measure",),
     "selectivity": (),
     "report": ("report",),

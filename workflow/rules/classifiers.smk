@@ -5,7 +5,7 @@ rule train_classifier:
         metrics=PATHS.classifier_metrics("{clf}"),
     params:
         spec=classifier_spec,
-        config=digest("seed", "generator", "train"),
+        config=digest("train"),
     log:
         PATHS.log("train_classifier", "{clf}"),
     benchmark:

@@ -6,7 +6,8 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from linkstyle.config import ConfigError, from_dict  # noqa: E402
+from linkstyle.config import from_dict  # noqa: E402
+from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
 from linkstyle.units import TRAINED_BY_WORKFLOW, unit_shards  # noqa: E402
@@ -14,7 +15,7 @@ from linkstyle.units import TRAINED_BY_WORKFLOW, unit_shards  # noqa: E402
 try:
     CFG = from_dict(config)
     SHARDS = {c.name: len(unit_shards(CFG, c.name)) for c in CFG.classifiers}
-except ConfigError as exc:
+except LinkstyleError as exc:
     raise WorkflowError(str(exc)) from None
 
 PATHS = RunPaths(CFG.run_dir)
@@ -25,7 +26,10 @@ TRAINED = [c.name for c in CFG.classifiers if c.kind in TRAINED_BY_WORKFLOW]
 # rewritten only when its content changes; reruns are driven by the per-rule params below.
 _resolved = yaml.safe_dump(CFG.raw, sort_keys=False)
 if not PATHS.config.exists() or PATHS.config.read_text() != _resolved:
-    write_text(_resolved, PATHS.config)
+    try:
+        write_text(_resolved, PATHS.config)
+    except LinkstyleError as exc:  # e.g. an unwritable results folder
+        raise WorkflowError(str(exc)) from None
 CONFIG = str(PATHS.config)
 
 # Run a stage in the job's own Python (the venv's, or the conda env's with --sdm conda).
@@ -38,9 +42,10 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def digest(*sections):
-    """Rerun a rule when, and only when, the config sections it reads change."""
-    return CFG.digest(*sections)
+def digest(stage):
+    """Rerun a rule when, and only when, the config sections its stage reads change (config.STAGE_SECTIONS,
+    the same digest its artifacts record)."""
+    return CFG.stage_digest(stage)
 
 
 def classifier_spec(wildcards):

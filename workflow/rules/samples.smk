@@ -7,7 +7,7 @@ rule sample:
     output:
         PATHS.samples("{cls}", "{shard}"),
     params:
-        config=digest("seed", "generator", "sample"),
+        config=digest("sample"),
     log:
         PATHS.log("sample", "{cls}", "{shard}"),
     benchmark:
@@ -28,7 +28,7 @@ rule extract:
         table=PATHS.extract_table("{cls}", "{shard}"),
         arrays=PATHS.extract_arrays("{cls}", "{shard}"),
     params:
-        config=digest("seed", "generator", "classifiers"),
+        config=digest("extract"),
     log:
         PATHS.log("extract", "{cls}", "{shard}"),
     benchmark:
@@ -49,7 +49,7 @@ rule select:
         table=PATHS.select_table("{clf}"),
         arrays=PATHS.select_arrays("{clf}"),
     params:
-        config=digest("select", "tune"),
+        config=digest("select"),
     log:
         PATHS.log("select", "{clf}"),
     benchmark:

@@ -53,6 +53,8 @@ rule selectivity:
     output:
         features=PATHS.selectivity_features("{clf}"),
         units=PATHS.selectivity_units("{clf}"),
+    params:
+        config=digest("selectivity"),
     log:
         PATHS.log("selectivity", "{clf}"),
     benchmark:
