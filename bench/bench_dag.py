@@ -48,7 +48,7 @@ def count(out: str) -> dict[str, object]:
         rules[parts[0]] = int(parts[1])
     groups = set(re.findall(r"^\s*group: (\S+)", out, flags=re.M))
     grouped_rules = {"sample", "extract", "select", "link"}
-    ungrouped = sum(n for r, n in rules.items() if r not in grouped_rules and r != "total")
+    ungrouped = sum(n for r, n in rules.items() if r not in grouped_rules and r not in ("total", "all"))  # all: a target, never submitted
     group_jobs = len(re.findall(r"Group job \S+ \(jobs in lexicogr. order\)", out)) or len(groups)
     return {"jobs": rules.get("total", sum(rules.values())), "rules": dict(rules), "slurm_submissions": ungrouped + group_jobs}
 

@@ -119,8 +119,9 @@ class Cluster:
 
     def accounting(self) -> list[dict[str, str]]:
         """Every job (and attempt) sacct knows, oldest first."""
-        proc = self.run("sacct", "--allusers", "--noheader", "--parsable2", "-X", "--starttime=now-1day", "--format=JobID,JobName,State,Comment")
-        return [dict(zip(("id", "name", "state", "comment"), line.split("|", 3))) for line in proc.stdout.splitlines() if line]
+        proc = self.run("sacct", "--allusers", "--noheader", "--parsable2", "-X", "--starttime=now-1day",
+                        "--format=JobID,JobName,State,WorkDir,Comment")
+        return [dict(zip(("id", "name", "state", "workdir", "comment"), line.split("|", 4))) for line in proc.stdout.splitlines() if line]
 
 
 def _write_configs(root: Path, node: str, cpus: int, memory_mb: int) -> None:

@@ -344,7 +344,7 @@ CASES: dict[str, Case] = {
                                    (r"label maps hold part index 5, but only 3 parts are named \(0..2\)", REMAKE_TUNE)),
     "label-map-without-names": Case(tune_npz(part_names=None), (r"holds label maps \('masks'\) but no 'part_names'",)),
     "npz-other-config": Case(tune_npz_from({"tune": {"n_steps": 4}}),
-                             (r"shard-0.npz: was made with other settings of tune than the current config \(config digest \w+, now \w+\)", REMAKE_TUNE)),
+                             (r"shard-0.npz: was made with other settings of tune, precision than the current config \(config digest \w+, now \w+\)", REMAKE_TUNE)),
     "npz-other-stage": Case(tune_npz_from(stage="sample"), (r"was made by stage 'sample', but stage 'tune' makes the file expected here",)),
     "npz-unrecorded": Case(tune_npz_from(record=False), (r"records no producing stage and config digest", REMAKE_TUNE)),
     "parquet-garbage": Case(damaged(make_measured, lambda p: p.measure_table("resnet18", 0), "garbage", SELECTIVITY),

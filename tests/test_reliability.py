@@ -154,6 +154,7 @@ def test_a_run_killed_during_tune_resumes_to_the_artifacts_of_an_uninterrupted_r
 
 HALF_WRITE = """
 import io, sys, time
+import numpy as np
 real_savez = np.savez
 def savez(fh, **arrays):
     buf = io.BytesIO()
