@@ -26,12 +26,12 @@ run: $(STAMP)
 dry-run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
 
-# --dist loadgroup keeps the tests that share the real SLURM cluster (tests/test_slurm.py) on one worker.
+# --dist loadfile keeps the tests that share the real SLURM cluster (tests/test_slurm.py) on one worker.
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadgroup --durations=15
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile -m "not slow"
 
 clean-results:
 	rm -rf results .snakemake

@@ -202,6 +202,13 @@ def _munge_ok() -> bool:
     return munge.returncode == 0 and _run(["unmunge"], input=munge.stdout, timeout=10).returncode == 0
 
 
+def start_accounting(cluster: Cluster) -> None:
+    """(Re)start slurmdbd; it reaches the private MariaDB through its socket (the client library reads MYSQL_UNIX_PORT)."""
+    sock = cluster.root / "run" / "mysqld.sock"
+    _run(["slurmdbd"], env=dict(cluster.env(), MYSQL_UNIX_PORT=str(sock)), timeout=30)
+    _wait("slurmdbd", lambda: _port_open(DBD_PORT), log=cluster.root / "log" / "slurmdbd.log")
+
+
 def start(root: str | Path) -> Cluster:
     """Install if needed, write the configs and start every daemon; return when the node is idle."""
     if sys.platform != "linux":
@@ -258,9 +265,7 @@ def start(root: str | Path) -> Cluster:
     )
     _wait("MariaDB", sock.exists, log=root / "log" / "mariadbd.log")
     env = cluster.env()
-    # slurmdbd reaches this private MariaDB through its socket (the client library reads MYSQL_UNIX_PORT).
-    _run(["slurmdbd"], env=dict(env, MYSQL_UNIX_PORT=str(sock)), timeout=30)
-    _wait("slurmdbd", lambda: _port_open(DBD_PORT), log=root / "log" / "slurmdbd.log")
+    start_accounting(cluster)
     _run(["slurmctld", "-f", str(cluster.conf)], env=env, timeout=30)
     _wait("slurmctld", lambda: cluster.run("scontrol", "ping").returncode == 0, log=root / "log" / "slurmctld.log")
     _run(["slurmd", "-f", str(cluster.conf)], env=env, timeout=30)

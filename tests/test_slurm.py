@@ -1,6 +1,7 @@
 """The workflow and the submitit API against a real single-node SLURM (see tests/slurm_cluster.py).
 
-One cluster serves the whole module; xdist keeps the module on one worker (group "slurm").
+One cluster serves the whole module (session-scoped, so that xdist batching never tears it down
+between two of its tests); `make test` keeps the module on one worker (`--dist loadfile`).
 Where this machine cannot run the cluster (not root, no apt-get), every test here is skipped
 with the reason, never passed.
 """
@@ -27,7 +28,7 @@ from .compare import assert_same_artifacts, assert_same_file
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     try:
@@ -85,11 +86,18 @@ def running(cluster, rule: str) -> list[dict[str, str]]:
     return [j for j in cluster.queue() if j["state"] == "RUNNING" and rule in j["comment"]]
 
 
+def _cwd(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
 def our_jobs(cluster) -> list[dict[str, str]]:
     return [j for j in cluster.queue() if j["comment"].startswith("rule_")]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def slurm_run(cluster, tiny_run, tmp_path_factory):
     """The tiny workflow through profiles/slurm: stopped with SIGINT while it tunes, started again,
     one tune job's stage killed on the way (and retried); what each step saw.
@@ -126,7 +134,12 @@ def slurm_run(cluster, tiny_run, tmp_path_factory):
     # scancel is not used here: plugin 2.8.0 misreads sacct's "CANCELLED by <uid>", see docs/hpc.md.)
     clf, shard = victim["comment"].removeprefix("rule_tune_wildcards_").rsplit("_", 1)
     pattern = f"linkstyle tune .*--classifier {clf} --shard {shard}"
-    pid = wait_until("its stage process", lambda: subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split(), proc, second_log)[0]
+
+    def stage_pids() -> list[str]:  # only this run's (other tests may run the same stage locally)
+        pids = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True).stdout.split()
+        return [p for p in pids if _cwd(p) == str(work)]
+
+    pid = wait_until("its stage process", stage_pids, proc, second_log)[0]
     os.kill(int(pid), signal.SIGKILL)
     seen["killed"] = victim
     seen["second_rc"] = finish(proc, second_log, 600)
@@ -232,7 +245,7 @@ def test_resources_slurm_cannot_give_fail_before_any_job(cluster, tmp_path, over
 
 
 def test_accounting_that_does_not_answer_is_caught_before_any_job(cluster, tmp_path):
-    """Stops slurmdbd (so this runs last in the module): sacct fails, and the executor would wait for ever."""
+    """With slurmdbd stopped sacct fails, and the executor would wait for ever (slurmdbd is started again after)."""
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
     pid = int((cluster.root / "run" / "slurmdbd.pid").read_text())
     os.kill(pid, signal.SIGTERM)
@@ -240,8 +253,11 @@ def test_accounting_that_does_not_answer_is_caught_before_any_job(cluster, tmp_p
     while slurm_cluster._port_open(slurm_cluster.DBD_PORT) and time.monotonic() < deadline:
         time.sleep(0.2)
     log = tmp_path / "run.log"
-    proc = start_snakemake(cluster, tmp_path, make_profile(tmp_path / "profile"), log)
-    rc = finish(proc, log, 180)
+    try:
+        proc = start_snakemake(cluster, tmp_path, make_profile(tmp_path / "profile"), log)
+        rc = finish(proc, log, 180)
+    finally:
+        slurm_cluster.start_accounting(cluster)
     out = log.read_text()
     assert rc != 0 and "SLURM accounting does not answer" in out and "slurm-status-command: squeue" in out, out[-3000:]
     assert not (tmp_path / "results" / "tiny" / "classifiers").exists()
