@@ -14,32 +14,29 @@ def _critters(cfg: GeneratorConfig, seed: int) -> Generator:
     return Critters(num_classes=cfg.num_classes, resolution=cfg.resolution, seed=seed)
 
 
-def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
-    from .stylegan import load_stylegan
-
+def _checked(load: Callable[[], Generator], cfg: GeneratorConfig, source: object) -> Generator:
+    """Load a real network; loader problems become config errors, and its class count must match the config."""
     try:
-        gen = load_stylegan(cfg.pickle, cfg.repo)  # type: ignore[arg-type]
+        gen = load()
     except ValueError as exc:
         raise ConfigError(f"generator: {exc}") from None
     if gen.num_classes != cfg.num_classes:
         raise ConfigError(
-            f"generator.num_classes: the network in {cfg.pickle} has {gen.num_classes} classes, the config says {cfg.num_classes}"
+            f"generator.num_classes: the network in {source} has {gen.num_classes} classes, the config says {cfg.num_classes}"
         )
     return gen
+
+
+def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
+    from .stylegan import load_stylegan
+
+    return _checked(lambda: load_stylegan(cfg.pickle, cfg.repo), cfg, cfg.pickle)  # type: ignore[arg-type]
 
 
 def _biggan(cfg: GeneratorConfig, seed: int) -> Generator:
     from .biggan import load_biggan
 
-    try:
-        gen = load_biggan(cfg.weights_dir, truncation=cfg.truncation_psi)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"generator: {exc}") from None
-    if gen.num_classes != cfg.num_classes:
-        raise ConfigError(
-            f"generator.num_classes: the network in {cfg.weights_dir} has {gen.num_classes} classes, the config says {cfg.num_classes}"
-        )
-    return gen
+    return _checked(lambda: load_biggan(cfg.weights_dir, truncation=cfg.truncation_psi), cfg, cfg.weights_dir)  # type: ignore[arg-type]
 
 
 GENERATOR_KINDS: dict[str, Callable[[GeneratorConfig, int], Generator]] = {
