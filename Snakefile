@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/classifiers.smk"
 include: "workflow/rules/samples.smk"
 include: "workflow/rules/link.smk"
+include: "workflow/rules/segment.smk"
 include: "workflow/rules/units.smk"
 include: "workflow/rules/report.smk"
 

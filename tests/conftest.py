@@ -45,6 +45,9 @@ TINY = {
     "select": {"starts_per_class": 2},
     "link": {"cycle_samples": 60},
     "tune": {"units": list(range(16)), "units_per_shard": 6, "batch_size": 64},
+    # The whole labelling loop: exported exact masks stand in for an annotator; measured on both.
+    "measure": {"segmenter": "learned"},
+    "segmentation": {"export_images": 8, "steps": 60, "heldout_images": 24},
 }
 
 

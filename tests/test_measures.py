@@ -14,6 +14,7 @@ from skimage.measure import regionprops
 from skimage.morphology import disk
 
 from linkstyle.measures import (
+    MOTION_PROPERTIES,
     PROPERTIES,
     STATIC_PROPERTIES,
     farneback_params,
@@ -50,8 +51,9 @@ def ellipse_mask(centre, axes, angle, size: int = SIZE) -> np.ndarray:
 
 
 def test_property_names():
-    assert PROPERTIES[:-1] == STATIC_PROPERTIES and PROPERTIES[-1] == "motion"
-    assert len(STATIC_PROPERTIES) == 13 and len(set(PROPERTIES)) == 14
+    assert PROPERTIES == (*STATIC_PROPERTIES, *MOTION_PROPERTIES)
+    assert MOTION_PROPERTIES == ("motion", "motion_x", "motion_y")
+    assert len(STATIC_PROPERTIES) == 13 and len(set(PROPERTIES)) == 16
 
 
 def test_shapes_and_dtypes():
@@ -61,7 +63,7 @@ def test_shapes_and_dtypes():
     out = part_measures(images, masks, 5)
     assert out.dtype == np.float32 and out.shape == (3, 5, len(STATIC_PROPERTIES))
     motion = sweep_motion(images.reshape(1, 3, 20, 24, 3), masks.reshape(1, 3, 20, 24), 5)
-    assert motion.dtype == np.float32 and motion.shape == (1, 3, 5)
+    assert motion.dtype == np.float32 and motion.shape == (1, 3, 5, 3)
     assert part_measures(images[:0], masks[:0], 5).shape == (0, 5, len(STATIC_PROPERTIES))
 
 
@@ -376,17 +378,27 @@ def _sweep(shifts, scale: int = 1, seed: int = 5) -> tuple[np.ndarray, np.ndarra
 def test_motion_of_shifted_square():
     images, masks = _sweep((0, 3, 6))
     masks[0, 1:] = 0  # only the step-0 masks may matter
-    motion = sweep_motion(images, masks, 4)[0]
-    np.testing.assert_array_equal(motion[0, :3], 0.0)
+    flow = sweep_motion(images, masks, 4)[0]
+    motion, dx, dy = flow[..., 0], flow[..., 1], flow[..., 2]
+    np.testing.assert_array_equal(flow[0, :3], 0.0)
     assert motion[1, 1] == pytest.approx(3 / SIZE, rel=0.05)
     assert motion[2, 1] == pytest.approx(6 / SIZE, rel=0.05)
+    assert dx[1, 1] == pytest.approx(3 / SIZE, rel=0.05) and dx[2, 1] == pytest.approx(6 / SIZE, rel=0.05)
+    assert abs(dy[2, 1]) < 0.05 / SIZE  # moved right, not up or down
     assert motion[1, 2] < 0.05 / SIZE and motion[2, 2] < 0.05 / SIZE  # static square
-    assert np.isnan(motion[:, 3]).all()  # part 3 absent at step 0
+    assert np.isnan(flow[:, 3]).all()  # part 3 absent at step 0
+
+
+def test_motion_direction_follows_image_axes():
+    images, masks = _sweep((0, 4))
+    down = np.stack([images[0, 0], np.roll(images[0, 0], 3, axis=0)])[None]  # step 1: 3 px lower
+    flow = sweep_motion(down, masks, 3)[0, 1]
+    assert flow[1, 2] == pytest.approx(3 / SIZE, rel=0.1) and abs(flow[1, 1]) < 0.2 / SIZE
 
 
 def test_motion_is_resolution_independent():
-    small = sweep_motion(*_sweep((0, 4)), 3)[0, 1]
-    big = sweep_motion(*_sweep((0, 4), scale=4), 3)[0, 1]  # 256 px, flow at 128 px
+    small = sweep_motion(*_sweep((0, 4)), 3)[0, 1, :, 0]
+    big = sweep_motion(*_sweep((0, 4), scale=4), 3)[0, 1, :, 0]  # 256 px, flow at 128 px
     assert big[1] == pytest.approx(4 / SIZE, rel=0.05)
     assert big[1] == pytest.approx(small[1], rel=0.05)
     assert big[2] < 0.05 / SIZE

@@ -22,7 +22,8 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     proc = run_snakemake("--directory", str(tmp_path), "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15, "selectivity": 2, "report": 1}.items():
+    for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15,
+                        "selectivity": 2, "report": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
 
@@ -46,11 +47,31 @@ def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
         assert s["units_in_model"] == {"resnet18": 512, "regnet": 400}[name]
         assert s["link_r2_test"] > 0.2, (name, s)
         assert s["cycle_agreement_test"] > 0.6, (name, s)
-    for stage in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity"):
+        assert 0 <= s["faithful_units"] <= 16 and 0 <= s["selective_units"] <= 16
+        assert s["selective_share"] == pytest.approx(s["selective_units"] / 16)
+        assert set(s["concept_recovery"]) == {"segmenter", "truth"}  # the learned segmenter, validated on the truth
+    for stage in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity",
+                  "label_export", "label_import", "train_segmenter"):
         assert summary["timing"][stage]["seconds"] > 0
     assert 0 < summary["peak_job_rss_mb"] < 4096
     html = paths.report.read_text()
-    assert html.count("<img") >= 7 and "Headline" in html
+    assert html.count("<img") >= 8 and "Headline" in html and "Concept recovery" in html
+
+
+@pytest.mark.slow
+def test_tiny_workflow_trains_the_segmenter_from_exported_label_maps(tiny_run):
+    _, _, paths = tiny_run
+    exported = sorted(p.name for p in (paths.labels_dir / "images").glob("*.png"))
+    assert len(exported) == 8 and exported == sorted(p.name for p in (paths.labels_dir / "truth").glob("*.png"))
+    metrics = json.loads(paths.segmenter_metrics.read_text())
+    assert metrics["labelled_images"] == 8 and metrics["features"] == "image"
+    assert metrics["heldout"]["images"] == 24 and 0.0 < metrics["heldout"]["mean_iou"] <= 1.0
+    measures = pd.read_parquet(paths.measure_table("resnet18", 0))
+    assert set(measures["masks"]) == {"segmenter", "truth"}
+    # the segmenter's masks differ from the truth's somewhere, but measure the same images and parts
+    seg, truth = (measures[measures["masks"] == m].reset_index(drop=True) for m in ("segmenter", "truth"))
+    assert (seg[["unit", "start", "step"]] == truth[["unit", "start", "step"]]).all().all()
+    assert list(seg["part"].astype(str)) == list(truth["part"].astype(str))
 
 
 @pytest.mark.slow
@@ -59,7 +80,14 @@ def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
     for name in ("resnet18", "regnet"):
         units = pd.read_parquet(paths.selectivity_units(name))
         assert sorted(units["unit"]) == list(range(16))
-        assert units["realised_corr"].between(-1, 1).all()
+        assert units["faithfulness"].dropna().between(-1, 1).all()
+        assert set(units["concept"][units["selective"]].str.count(":")) <= {2}
+        assert (units["concept"][~units["selective"]] == "none").all()
+        population = pd.read_parquet(paths.selectivity_population(name))
+        total = population[(population["part"] == "*") & (population["property"] == "*")].iloc[0]
+        assert total["n_selective"] == units["selective"].sum() and total["n_units"] == 16
+        recovery = pd.read_parquet(paths.selectivity_recovery(name))
+        assert set(recovery["masks"]) == {"segmenter", "truth"} and "all" in set(recovery["part"])
         feats = pd.read_parquet(paths.selectivity_features(name))
         measures = feats[feats["kind"] == "measure"]
         assert len(measures) == 16 * N_PARTS * len(PROPERTIES)
@@ -87,7 +115,8 @@ def test_tiny_workflow_shards_hold_images_of_the_right_shape(tiny_run):
 def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
     work, _, paths = tiny_run
     assert not [p for p in paths.root.rglob("*") if ".tmp" in p.name]
-    for rule in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report"):
+    for rule in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report",
+                 "label_export", "label_import", "train_segmenter"):
         logs = list((paths.root / "logs" / rule).glob("*.log"))
         assert logs and all(p.stat().st_size > 0 for p in logs), rule
 

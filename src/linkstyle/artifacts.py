@@ -14,10 +14,14 @@ from .io import Array, Columns, Origin
 from .paths import RunPaths
 
 
+#: Stages whose CLI command is not the stage name.
+COMMAND_OF_STAGE = {"label_export": "label export", "label_import": "label import", "train_segmenter": "train-segmenter"}
+
+
 def origin(cfg: Config, stage: str, **wildcards: object) -> Origin:
     """The origin of an artifact of ``stage``; ``wildcards`` are that stage's CLI options."""
     options = "".join(f" --{k} {v}" for k, v in wildcards.items())
-    remake = f"linkstyle {stage}{options} --config {RunPaths(cfg.run_dir).config}"
+    remake = f"linkstyle {COMMAND_OF_STAGE.get(stage, stage)}{options} --config {RunPaths(cfg.run_dir).config}"
     return Origin(stage, STAGE_SECTIONS[stage], cfg.stage_digest(stage), remake)
 
 
@@ -85,14 +89,27 @@ def measure_table() -> Columns:
     """Built on call: the property list lives in measures.py, which imports scikit-image."""
     from .measures import PROPERTIES
 
-    return {"unit": "i", "start": "i", "step": "i", "part": "category", **{p: "f" for p in PROPERTIES}}
+    return {"unit": "i", "start": "i", "step": "i", "masks": "category", "part": "category", **{p: "f" for p in PROPERTIES}}
 
 
 SELECTIVITY_FEATURES: Columns = {
-    "unit": "i", "kind": "str", "part": "str", "property": "str", "delta": "f", "delta_std": "f", "n_starts": "i",
+    "unit": "i", "kind": "str", "part": "str", "property": "str", "delta": "f", "delta_std": "f",
+    "sign_agreement": "f", "n_starts": "i", "faithful": "b",
 }
 
 SELECTIVITY_UNITS: Columns = {
-    "unit": "i", "realised_corr": "f", "realised_rise": "f", "rise_ratio": "f", "monotonic": "f", "class_kept": "f",
-    "top_measure": "str", "top_measure_delta_std": "f", "measure_selectivity": "f",
+    "unit": "i", "n_starts": "i", "faithfulness": "f", "faithful": "b", "realised_rise": "f", "rise_ratio": "f",
+    "monotonic": "f", "class_kept": "f", "top_part": "str", "top_property": "str", "top_delta_std": "f",
+    "top_agreement": "f", "selectivity_index": "f", "concept": "str", "selective": "b",
+    "motion_part": "str", "motion": "f", "motion_direction": "f",
+}
+
+SELECTIVITY_POPULATION: Columns = {
+    "classifier": "str", "part": "str", "property": "str", "n_units": "i", "n_faithful": "i", "n_selective": "i",
+    "n_selective_faithful": "i", "share": "f", "share_faithful": "f",
+}
+
+SELECTIVITY_RECOVERY: Columns = {
+    "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
+    "concept_agreement": "f", "chance_part_agreement": "f", "chance_concept_agreement": "f",
 }

@@ -30,9 +30,11 @@ STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
              [("classifier", str, "classifier name")]),
     "tune": ("Sweep every unit of one unit shard over its range, render, and record the realised activation.",
              [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
+    "train-segmenter": ("Train the few-shot part segmenter on the imported label maps (and score it on held-out "
+                        "exact masks on the built-in world).", []),
     "measure": ("Measure area, luminance, entropy, ellipse and motion of every part in one tuned shard.",
                 [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
-    "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness and labels.",
+    "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
                     [("classifier", str, "classifier name")]),
     "report": ("Draw the figures and write report.html and summary.json.", []),
 }
@@ -82,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
         for arg, typ, arg_help in args:
             p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
+    label_help = "Export images to label for the part segmenter, or import the label maps (docs/segmentation.md)."
+    p = sub.add_parser("label", help=label_help, description=label_help)
+    label_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    label_sub.add_parser("export", parents=[common], help="Render segmentation.export_images images into <run>/labels/images/ "
+                         "(and their exact masks into labels/truth/ on the built-in world).")
+    label_sub.add_parser("import", parents=[common], help="Check the PNG label maps in segmentation.labels against the exported "
+                         "images and measure.parts, and pack them for training.")
     p = sub.add_parser("config", parents=[common], help="Validate a config and print it with every default filled in.",
                        description="Validate a config and print it with every default filled in.")
     p = sub.add_parser("doctor", parents=[common],
@@ -128,10 +137,13 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     from .stages import run_stage
 
+    if args.command == "label":
+        run_stage(cfg, f"label_{args.action}", threads=args.threads)
+        return
     wildcards = [getattr(args, arg) for arg, _, _ in STAGES[args.command][1]]
     if getattr(args, "classifier", None) is not None:
         cfg.classifier(args.classifier)  # unknown names fail here, listing the configured ones
-    run_stage(cfg, args.command, *wildcards, threads=args.threads)
+    run_stage(cfg, args.command.replace("-", "_"), *wildcards, threads=args.threads)
 
 
 def _missing(exc: FileNotFoundError) -> str:

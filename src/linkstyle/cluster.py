@@ -258,11 +258,13 @@ def analyse_units(config: str | Path, classifier: str, units: Iterable[int], *, 
     n = len(chunks)
     jobs = ex.map_array(_sweep_and_measure, [str(config)] * n, [classifier] * n, chunks,
                         [str(Path(folder).resolve())] * n, [dict(overrides or {})] * n, [resources.cpus_per_task] * n)
-    from .stages.selectivity import summarise
+    from .stages.selectivity import primary_mask_source, summarise
 
     blocks = [result(job) for job in jobs]
-    features, table = summarise(cfg, blocks)
-    table.attrs["features"] = features
+    primary = primary_mask_source(cfg)
+    summary = summarise(cfg, [(units, tune, meas[meas["masks"] == primary]) for units, tune, meas in blocks])
+    table = summary.units
+    table.attrs["features"] = summary.features
     table["sweeps"] = [str(Path(folder).resolve() / f"sweeps-{chunk[0]}.npz") for chunk in chunks for _ in chunk]
     return table
 

@@ -39,8 +39,11 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "select": ("select", "tune"),
     "link": ("link", "precision"),
     "tune": ("tune", "precision"),
-    "measure": ("measure",),
-    "selectivity": (),
+    "label_export": ("seed", "generator", "classes", "measure", "segmentation"),
+    "label_import": ("seed", "generator", "classes", "measure", "segmentation"),
+    "train_segmenter": ("seed", "generator", "classes", "measure", "segmentation"),
+    "measure": ("measure", "segmentation"),
+    "selectivity": ("selectivity",),
     "report": ("report",),
 }
 
@@ -151,7 +154,11 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
         if not gen[key]:
             problems.append(f"generator.{key}: required for generator.kind '{gen['kind']}' ({_describe(schema(), ['generator', key])})")
     if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "ground_truth":
-        problems.append(f"measure.segmenter: 'ground_truth' needs the critters world's exact masks; for {gen['kind']} use 'whole_image'")
+        problems.append(f"measure.segmenter: 'ground_truth' needs the critters world's exact masks; for {gen['kind']} use "
+                        "'learned' (a few-shot segmenter on your label maps, docs/segmentation.md) or 'whole_image'")
+    if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "learned" and not cfg["measure"]["parts"]:
+        problems.append("measure.parts: required with measure.segmenter 'learned' on a real generator: the part names of "
+                        "your label maps in the order of their pixel values, e.g. [background, body, head, leg, tail]")
     for i, clf in enumerate(cfg["classifiers"]):
         kind, arch = clf["kind"], clf["arch"]
         if kind == "demo" and arch not in DEMO_ARCHS:
@@ -275,6 +282,26 @@ class MeasureConfig:
     segmenter: str
     entropy_radius: int
     parts: tuple[str, ...] | None = None
+    validate_with_truth: bool = True
+
+
+@dataclass(frozen=True)
+class SegmentationConfig:
+    export_images: int
+    labels: str | None
+    min_labelled: int
+    features: str
+    steps: int
+    batch_size: int
+    heldout_images: int
+
+
+@dataclass(frozen=True)
+class SelectivityConfig:
+    faithful_min_spearman: float
+    min_effect: float
+    min_sign_agreement: float
+    min_selectivity: float
 
 
 @dataclass(frozen=True)
@@ -298,6 +325,8 @@ class Config:
     link: LinkConfig
     tune: TuneConfig
     measure: MeasureConfig
+    segmentation: SegmentationConfig
+    selectivity: SelectivityConfig
     report: ReportConfig
     precision: str = "fp32"
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
@@ -349,6 +378,8 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         link=LinkConfig(**link),
         tune=TuneConfig(**tune),
         measure=MeasureConfig(**{**cfg["measure"], "parts": tuple(cfg["measure"]["parts"]) if cfg["measure"]["parts"] else None}),
+        segmentation=SegmentationConfig(**cfg["segmentation"]),
+        selectivity=SelectivityConfig(**cfg["selectivity"]),
         report=ReportConfig(**cfg["report"]),
         raw=cfg,
     )

@@ -122,6 +122,16 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
             path = Path(clf.path or "")
             out.append(Asset(f"classifier {clf.name}: TorchScript module with features(x) and head(r)", str(path),
                              path.is_file(), True, "your own torch.jit.script(...).save(path) (see docs)"))
+    if cfg.measure.segmenter == "learned" and (cfg.segmentation.labels or gen.kind != "critters"):
+        # Not required before the run: the run itself exports the images to label, and stops at
+        # label_import until the maps are there.
+        folder = Path(cfg.segmentation.labels or paths.labels_dir / "(segmentation.labels not set)")
+        count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
+        problem = "" if count >= cfg.segmentation.min_labelled or not folder.is_dir() else (
+            f"{count} PNG label maps, fewer than segmentation.min_labelled={cfg.segmentation.min_labelled}")
+        out.append(Asset("part segmenter: your label maps (PNG index images)", str(folder), folder.is_dir(), False,
+                         f"label the images that `linkstyle label export` writes to {paths.labels_dir / 'images'} "
+                         "and set segmentation.labels (docs/segmentation.md)", problem))
     return out
 
 

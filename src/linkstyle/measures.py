@@ -53,13 +53,23 @@ eccentricity, angle, center_x, center_y, width, height
     average to 0, not 90). If no component reaches ``MIN_ELLIPSE_PIXELS``
     the six ellipse properties are NaN.
 
-Motion (``sweep_motion``)
--------------------------
+Motion (``sweep_motion``, ``MOTION_PROPERTIES``)
+-------------------------------------------------
 Dense Farneback optical flow (``cv2.calcOpticalFlowFarneback`` on the grey
-images) from step 0 of a sweep to step k; its magnitude in pixels divided by
-the image width, averaged over the part's pixels *at step 0* (0 at k = 0, NaN
-where the part is absent at step 0). Images above 128 px are downscaled for
-the flow. See ``farneback_params`` and ``sweep_motion`` for the parameters.
+images) from step 0 of a sweep to step k, summarised over the part's pixels
+*at step 0* (0 at k = 0, NaN where the part is absent at step 0):
+
+- motion: mean flow magnitude, in image widths;
+- motion_x, motion_y: mean displacement (the mean flow vector), in image
+  widths / heights; x grows to the right and y *downwards*, like center_x and
+  center_y, so a part that moves right and up has motion_x > 0, motion_y < 0.
+  Its direction ``atan2(-motion_y, motion_x)`` is reported by the selectivity
+  stage in the angle's convention (counter-clockwise, y up). The magnitude is
+  never smaller than the displacement's length; the two differ when a part
+  deforms (a part growing evenly has magnitude > 0, displacement ~ 0).
+
+Images above 128 px are downscaled for the flow. See ``farneback_params`` and
+``sweep_motion`` for the parameters.
 """
 
 from __future__ import annotations
@@ -75,6 +85,7 @@ from skimage.morphology import disk
 
 __all__ = [
     "MIN_ELLIPSE_PIXELS",
+    "MOTION_PROPERTIES",
     "PROPERTIES",
     "STATIC_PROPERTIES",
     "farneback_params",
@@ -100,7 +111,8 @@ STATIC_PROPERTIES: tuple[str, ...] = (
     "width",
     "height",
 )
-PROPERTIES: tuple[str, ...] = (*STATIC_PROPERTIES, "motion")
+MOTION_PROPERTIES: tuple[str, ...] = ("motion", "motion_x", "motion_y")
+PROPERTIES: tuple[str, ...] = (*STATIC_PROPERTIES, *MOTION_PROPERTIES)
 
 MIN_ELLIPSE_PIXELS = 3
 """Components smaller than this are ignored for the ellipse: their moments are degenerate."""
@@ -444,32 +456,35 @@ def sweep_motion(
     max_flow_side: int = 128,
     flow_params: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
-    """Mean optical-flow magnitude of each part from step 0 to every step of each sweep.
+    """Optical flow of each part from step 0 to every step of each sweep.
 
     ``images`` uint8 ``[S, K, H, W, 3]``, ``masks`` integer ``[S, K, H, W]``. Returns
-    float32 ``[S, K, num_parts]``: flow magnitude (pixels / image width) averaged over
-    the part's pixels at step 0; 0 at k = 0, NaN at every k where the part is absent
-    at step 0. Only the step-0 masks are used.
+    float32 ``[S, K, num_parts, 3]`` holding ``MOTION_PROPERTIES``: mean flow magnitude
+    (image widths), mean x displacement (widths) and mean y displacement (heights, y
+    down), each averaged over the part's pixels at step 0; 0 at k = 0, NaN at every
+    k where the part is absent at step 0. Only the step-0 masks are used.
 
     Images whose longer side exceeds ``max_flow_side`` are downscaled (area
-    interpolation) to that size for the flow, and the magnitude is brought back
-    to full resolution bilinearly: Farneback's fixed window and 32 px coarsest
-    level otherwise underestimate large motions at 256 px (by ~20 % for a shift
-    of 10 % of the width), and it is 4x cheaper. ``flow_params`` overrides
+    interpolation) to that size for the flow, and the flow is brought back to full
+    resolution bilinearly: Farneback's fixed window and 32 px coarsest level
+    otherwise underestimate large motions at 256 px (by ~20 % for a shift of 10 %
+    of the width), and it is 4x cheaper. ``flow_params`` overrides
     ``farneback_params`` of the flow resolution.
     """
     images = np.asarray(images)
     masks = np.asarray(masks)
     _check_pair(images, masks, num_parts, lead=2)
     n_sweeps, n_steps, h, w = masks.shape
-    out = np.zeros((n_sweeps, n_steps, num_parts), np.float32)
+    n_comp = len(MOTION_PROPERTIES)
+    out = np.zeros((n_sweeps, n_steps, num_parts, n_comp), np.float32)
     if out.size == 0:
         return out
     scale = min(1.0, max_flow_side / max(h, w))
     flow_w, flow_h = max(1, round(w * scale)), max(1, round(h * scale))
     params = dict(farneback_params(flow_h, flow_w))
     params.update(flow_params or {})
-    magnitude = np.zeros((n_steps, h, w), np.float32)
+    # Per step: magnitude / flow width, dx / flow width, dy / flow height (resolution-free units).
+    planes = np.zeros((n_comp, n_steps, h, w), np.float32)
     step_index = np.arange(n_steps, dtype=np.intp)[:, None] * num_parts
     for s in range(n_sweeps):  # one cv2 call per image pair is unavoidable
         grey = grey_uint8(images[s])
@@ -479,14 +494,18 @@ def sweep_motion(
             )
         for k in range(1, n_steps):
             flow = cv2.calcOpticalFlowFarneback(grey[0], grey[k], None, **params)
-            mag = cv2.magnitude(flow[..., 0], flow[..., 1]) / np.float32(flow_w)
-            if scale < 1.0:
-                mag = cv2.resize(mag, (w, h), interpolation=cv2.INTER_LINEAR)
-            magnitude[k] = mag
+            dx = flow[..., 0] / np.float32(flow_w)
+            dy = flow[..., 1] / np.float32(flow_h)
+            comps = (cv2.magnitude(flow[..., 0], flow[..., 1]) / np.float32(flow_w), dx, dy)
+            for c, plane in enumerate(comps):
+                if scale < 1.0:
+                    plane = cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR)
+                planes[c, k] = plane
         # Every step of the sweep at once, over the part regions at step 0.
         seg = (step_index + masks[s, 0].reshape(1, -1)).ravel()
-        sums = np.bincount(seg, magnitude.ravel(), n_steps * num_parts)
         pixels = np.bincount(seg, minlength=n_steps * num_parts)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out[s] = (sums / pixels).reshape(n_steps, num_parts)
+            for c in range(n_comp):
+                sums = np.bincount(seg, planes[c].ravel(), n_steps * num_parts)
+                out[s, :, :, c] = (sums / pixels).reshape(n_steps, num_parts)
     return out

@@ -66,6 +66,38 @@ class RunPaths:
     def selectivity_units(self, clf: object) -> Path:
         return self._p("selectivity", clf, "units.parquet")
 
+    def selectivity_population(self, clf: object) -> Path:
+        return self._p("selectivity", clf, "population.parquet")
+
+    def selectivity_recovery(self, clf: object) -> Path:
+        """Built-in world only: how often labels name the ground-truth factor that changed."""
+        return self._p("selectivity", clf, "recovery.parquet")
+
+    @property
+    def labels_dir(self) -> Path:
+        """Images exported for labelling (images/, truth/ on the built-in world, manifest.json)."""
+        return self._p("labels")
+
+    @property
+    def label_manifest(self) -> Path:
+        return self._p("labels", "manifest.json")
+
+    @property
+    def label_latents(self) -> Path:
+        return self._p("labels", "latents.npz")
+
+    @property
+    def segmenter_labels(self) -> Path:
+        return self._p("segmenter", "labels.npz")
+
+    @property
+    def segmenter_model(self) -> Path:
+        return self._p("segmenter", "model.pt")
+
+    @property
+    def segmenter_metrics(self) -> Path:
+        return self._p("segmenter", "metrics.json")
+
     @property
     def figures(self) -> Path:
         return self._p("figures")

@@ -15,6 +15,10 @@ from .config import ANALYSIS_SEED_LIMIT, SEEDS_PER_CLASS
 
 TRAIN_SEED_BASE = ANALYSIS_SEED_LIMIT  # 2^31 .. 2^31 + 2^30
 EVAL_SEED_BASE = ANALYSIS_SEED_LIMIT + 2**30  # 2^31 + 2^30 ..
+# Images exported for labelling, and the held-out ones a segmenter is scored on (critters), at the
+# top of the 32-bit seed range that StyleGAN's sample_z accepts.
+LABEL_SEED_BASE = 2**32 - 2**24
+HELDOUT_LABEL_SEED_BASE = 2**32 - 2**23
 
 
 def sample_seeds(first_seed: int, cls: int, start: int, stop: int) -> np.ndarray:

@@ -22,15 +22,20 @@ PATHS = RunPaths(CFG.run_dir)
 CLASSIFIERS = [c.name for c in CFG.classifiers]
 TRAINED = [c.name for c in CFG.classifiers if c.kind in TRAINED_BY_WORKFLOW]
 
-# Every stage reads the resolved config (defaults filled in) from the run folder. It is
-# rewritten only when its content changes; reruns are driven by the per-rule params below.
-_resolved = yaml.safe_dump(CFG.raw, sort_keys=False)
-if not PATHS.config.exists() or PATHS.config.read_text() != _resolved:
-    try:
-        write_text(_resolved, PATHS.config)
-    except LinkstyleError as exc:  # e.g. an unwritable results folder
-        raise WorkflowError(str(exc)) from None
+# Every stage reads the resolved config (defaults filled in) from the run folder. It is written in
+# `onstart` (after Snakemake has locked the run folder; never by a dry-run, which must not change the
+# config under a running workflow), and only when its content changes; reruns are driven by the
+# per-rule params below.
+_RESOLVED = yaml.safe_dump(CFG.raw, sort_keys=False)
 CONFIG = str(PATHS.config)
+
+
+def write_resolved_config():
+    if not PATHS.config.exists() or PATHS.config.read_text() != _RESOLVED:
+        try:
+            write_text(_RESOLVED, PATHS.config)
+        except LinkstyleError as exc:  # e.g. an unwritable results folder
+            raise WorkflowError(str(exc)) from None
 
 # Run a stage in the job's own Python (the venv's, or the conda env's with --sdm conda).
 STAGE = f"PYTHONPATH={Path(workflow.basedir) / 'src'}${{PYTHONPATH:+:$PYTHONPATH}} python -m linkstyle"
@@ -53,6 +58,7 @@ def classifier_spec(wildcards):
 
 
 onstart:
+    write_resolved_config()
     # Before the first job (never in a dry-run): every file the config needs must be there and fit
     # the config (class counts of the generator and of classifier heads).
     from linkstyle.doctor import assets, missing, report

@@ -5,6 +5,8 @@ rule report:
         [PATHS.link_metrics(c) for c in CLASSIFIERS],
         [PATHS.selectivity_units(c) for c in CLASSIFIERS],
         [PATHS.selectivity_features(c) for c in CLASSIFIERS],
+        [PATHS.selectivity_population(c) for c in CLASSIFIERS],
+        [PATHS.selectivity_recovery(c) for c in CLASSIFIERS],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
     output:
         report=PATHS.report,

@@ -26,10 +26,14 @@ rule tune:
         "{STAGE} tune --config {CONFIG} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
 
 
+SEGMENTER = [PATHS.segmenter_model] if CFG.measure.segmenter == "learned" else []
+
+
 rule measure:
-    """Measure every part of every image of one tuned shard (CPU only)."""
+    """Measure every part of every image of one tuned shard (CPU only, unless a learned segmenter sees generator maps)."""
     input:
         PATHS.tune_arrays("{clf}", "{shard}"),
+        SEGMENTER,
     output:
         PATHS.measure_table("{clf}", "{shard}"),
     params:
@@ -46,13 +50,15 @@ rule measure:
 
 
 rule selectivity:
-    """Reduce every shard of a classifier to per-unit changes, faithfulness and labels."""
+    """Reduce every shard of a classifier to per-unit changes, faithfulness, concept labels and population shares."""
     input:
         unit_shard_files(PATHS.tune_table),
         unit_shard_files(PATHS.measure_table),
     output:
         features=PATHS.selectivity_features("{clf}"),
         units=PATHS.selectivity_units("{clf}"),
+        population=PATHS.selectivity_population("{clf}"),
+        recovery=PATHS.selectivity_recovery("{clf}"),
     params:
         config=digest("selectivity"),
     log:

@@ -22,6 +22,7 @@ from linkstyle.generators.base import GroundTruth
 
 __all__ = [
     "CLASS_NAMES",
+    "FACTOR_CONCEPTS",
     "FACTOR_NAMES",
     "FACTOR_RANGES",
     "MAX_RESOLUTION",
@@ -74,6 +75,46 @@ FACTOR_RANGES: dict[str, tuple[float, float]] = {
     "background_luminance": (0.35, 0.85),  # backdrop HSV value mid-height; +-15% top/bottom
 }
 FACTOR_NAMES: tuple[str, ...] = tuple(FACTOR_RANGES)
+
+_SHAPE = ("area", "width", "height", "eccentricity")
+_FUR = ("body", "head", "ear", "leg", "tail")  # painted with the body colour
+_TEXTURE = ("entropy_mean", "entropy_std", "entropy_min", "entropy_max")
+
+
+def _pairs(parts: Sequence[str], properties: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    return tuple((p, q) for p in parts for q in properties)
+
+
+#: What each factor changes in the image, as (part, property) pairs of :mod:`linkstyle.measures`,
+#: the first pair naming the part the factor belongs to. The selectivity stage scores a unit's
+#: image-domain label against the factor that changed most along its sweep (concept recovery).
+FACTOR_CONCEPTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "body_length": _pairs(["body"], _SHAPE),
+    "body_height": _pairs(["body"], _SHAPE),
+    "pose": _pairs(["body"], ("angle",)) + _pairs(["head", "tail"], ("center_y", "angle")),
+    "head_size": _pairs(["head"], _SHAPE),
+    "head_angle": _pairs(["head"], ("center_x", "center_y", "angle")),
+    "ear_size": _pairs(["ear"], _SHAPE),
+    "ear_angle": _pairs(["ear"], ("angle", "center_x", "center_y", "eccentricity")),
+    "eye_size": _pairs(["eye"], _SHAPE),
+    "nose_size": _pairs(["nose"], _SHAPE),
+    "leg_length": _pairs(["leg"], (*_SHAPE, "center_y")),
+    "leg_width": _pairs(["leg"], _SHAPE),
+    "leg_spread": _pairs(["leg"], ("center_x", "width", "eccentricity", "area")),
+    "tail_length": _pairs(["tail"], (*_SHAPE, "center_x", "center_y")),
+    "tail_angle": _pairs(["tail"], ("angle", "center_x", "center_y", "width", "height")),
+    "tail_width": _pairs(["tail"], _SHAPE),
+    "hue": _pairs(_FUR, ("luminance",)),
+    "saturation": _pairs(_FUR, ("luminance",)),
+    "luminance": _pairs(_FUR, ("luminance",)) + _pairs(["eye", "nose"], ("luminance",)),
+    "stripe_contrast": _pairs(["body", "tail"], (*_TEXTURE, "luminance")),
+    "stripe_frequency": _pairs(["body", "tail"], _TEXTURE),
+    "stripe_angle": _pairs(["body", "tail"], _TEXTURE),
+    "position_x": _pairs(["body", "head", "ear", "eye", "nose", "leg", "tail", "background"], ("center_x",)),
+    "position_y": _pairs(["body", "head", "ear", "eye", "nose", "leg", "tail", "background"], ("center_y",)),
+    "background_hue": _pairs(["background"], ("luminance",)),
+    "background_luminance": _pairs(["background"], ("luminance", *_TEXTURE)),
+}
 
 CLASS_NAMES: tuple[str, ...] = (
     "fox",

@@ -16,11 +16,13 @@ if TYPE_CHECKING:
 
 #: Stage -> the Snakemake rule that runs it (and whose profile resources it gets on SLURM).
 RULE_OF_STAGE = {"train": "train_classifier"}
+#: Stages that share a module with others (default: module ``stages.<stage>``).
+MODULE_OF_STAGE = {"label_export": "segment", "label_import": "segment", "train_segmenter": "segment"}
 
 
 def run_stage(config: "Config | str | Path | None", stage: str, *wildcards: object,
               overrides: Mapping[str, Any] | None = None, threads: int = 0) -> None:
-    """Run stage ``stage`` (``linkstyle.stages.<stage>.run_<stage>``) with its wildcards, as its rule does.
+    """Run stage ``stage`` (``run_<stage>`` of ``linkstyle.stages.<module>``) with its wildcards, as its rule does.
 
     ``config`` is a loaded Config or a config file (None: the schema defaults) with ``overrides`` laid over it.
     """
@@ -28,7 +30,7 @@ def run_stage(config: "Config | str | Path | None", stage: str, *wildcards: obje
     from .context import Context
 
     cfg = config if isinstance(config, Config) else load_config(config, dict(overrides or {}))
-    module = importlib.import_module(f".{stage}", __package__)
+    module = importlib.import_module(f".{MODULE_OF_STAGE.get(stage, stage)}", __package__)
     run = getattr(module, f"run_{stage}")
     start = time.perf_counter()
     run(Context(cfg, threads=threads), *wildcards)

@@ -8,22 +8,34 @@ import pandas as pd
 from ..artifacts import TUNE_ARRAYS
 from ..config import ConfigError
 from ..io import artifact_error, read_npz, write_parquet
-from ..measures import STATIC_PROPERTIES, part_measures, sweep_motion
+from ..measures import MOTION_PROPERTIES, STATIC_PROPERTIES, part_measures, sweep_motion
 from .context import Context
 
 
-def segment(ctx: Context, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Part masks of the swept images, from the configured segmenter."""
-    if ctx.cfg.measure.segmenter == "ground_truth":
-        if "masks" not in arrays:
+def segment(ctx: Context, arrays: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray, tuple[str, ...]]]:
+    """Part masks of the swept images: (source, label maps, part names) for each mask source measured.
+
+    The configured segmenter gives the masks the analysis uses; on a world with exact masks, a learned
+    segmenter's are measured beside the truth's (``measure.validate_with_truth``), so the selectivity
+    stage can say whether the segmenter leads to the same conclusions.
+    """
+    seg = ctx.cfg.measure.segmenter
+    truth = [("truth", arrays["masks"], tuple(str(p) for p in arrays["part_names"]))] if "masks" in arrays else []
+    if seg == "ground_truth":
+        if not truth:
             raise ConfigError(
                 f"measure.segmenter: 'ground_truth' needs a generator with exact part masks, and "
-                f"'{ctx.cfg.generator.kind}' has none"
+                f"'{ctx.cfg.generator.kind}' has none; use 'learned' (docs/segmentation.md) or 'whole_image'"
             )
-        return arrays["masks"], tuple(str(p) for p in arrays["part_names"])
-    if ctx.cfg.measure.segmenter == "whole_image":
-        return np.zeros(arrays["images"].shape[:3], dtype=np.uint8), ("image",)
-    raise ConfigError(f"measure.segmenter: unknown segmenter '{ctx.cfg.measure.segmenter}'; valid: ground_truth, whole_image")
+        return truth
+    if seg == "whole_image":
+        return [("whole_image", np.zeros(arrays["images"].shape[:3], dtype=np.uint8), ("image",))]
+    if seg == "learned":
+        from .segment import predict_tuned
+
+        learned = [("segmenter", *predict_tuned(ctx, arrays))]
+        return learned + (truth if ctx.cfg.measure.validate_with_truth else [])
+    raise ConfigError(f"measure.segmenter: unknown segmenter '{seg}'; valid: ground_truth, learned, whole_image")
 
 
 def run_measure(ctx: Context, name: str, shard: int) -> None:
@@ -44,23 +56,34 @@ def run_measure(ctx: Context, name: str, shard: int) -> None:
 
 
 def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
-    """Part measures and motion of every image of tune arrays (whole sweeps of tune.n_steps images)."""
+    """Part measures and motion of every image of tune arrays (whole sweeps of tune.n_steps images),
+    one block of rows per mask source (column ``masks``)."""
     images = arrays["images"]
     n, h, w_px, _ = images.shape
     k = ctx.cfg.tune.n_steps
-    masks, part_names = segment(ctx, arrays)
-    n_parts = len(part_names)
-    static = part_measures(images, masks, n_parts, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M]
-    motion = sweep_motion(images.reshape(n // k, k, h, w_px, 3), masks.reshape(n // k, k, h, w_px), n_parts).reshape(n, n_parts)
-    table = pd.DataFrame(
-        {
-            "unit": np.repeat(arrays["unit"], n_parts),
-            "start": np.repeat(arrays["start"], n_parts),
-            "step": np.repeat(arrays["step"], n_parts),
-            "part": pd.Categorical(np.tile(np.array(part_names), n), categories=list(part_names)),
-        }
-    )
-    for j, prop in enumerate(STATIC_PROPERTIES):
-        table[prop] = static[:, :, j].reshape(-1)
-    table["motion"] = motion.reshape(-1)
+    sources = segment(ctx, arrays)
+    all_parts = list(dict.fromkeys(p for _, _, names in sources for p in names))
+    blocks = []
+    for source, masks, part_names in sources:
+        n_parts = len(part_names)
+        static = part_measures(images, masks, n_parts, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M]
+        motion = sweep_motion(images.reshape(n // k, k, h, w_px, 3), masks.reshape(n // k, k, h, w_px), n_parts)
+        motion = motion.reshape(n, n_parts, len(MOTION_PROPERTIES))
+        table = pd.DataFrame(
+            {
+                "unit": np.repeat(arrays["unit"], n_parts),
+                "start": np.repeat(arrays["start"], n_parts),
+                "step": np.repeat(arrays["step"], n_parts),
+                "masks": source,
+                "part": np.tile(np.array(part_names), n),
+            }
+        )
+        for j, prop in enumerate(STATIC_PROPERTIES):
+            table[prop] = static[:, :, j].reshape(-1)
+        for j, prop in enumerate(MOTION_PROPERTIES):
+            table[prop] = motion[:, :, j].reshape(-1)
+        blocks.append(table)
+    table = pd.concat(blocks, ignore_index=True)
+    table["masks"] = pd.Categorical(table["masks"], categories=[s for s, _, _ in sources])
+    table["part"] = pd.Categorical(table["part"], categories=all_parts)
     return table

@@ -16,22 +16,37 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..artifacts import CLASSIFIER_METRICS, LINK_METRICS, SELECTIVITY_FEATURES, SELECTIVITY_UNITS, TUNE_ARRAYS  # noqa: E402
+from ..artifacts import (  # noqa: E402
+    CLASSIFIER_METRICS,
+    LINK_METRICS,
+    SELECTIVITY_FEATURES,
+    SELECTIVITY_POPULATION,
+    SELECTIVITY_RECOVERY,
+    SELECTIVITY_UNITS,
+    TUNE_ARRAYS,
+)
 from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
 from .selectivity import UNRANKED  # noqa: E402
 
-#: A sweep counts as faithful when the classifier's own unit follows the target this closely.
-FAITHFUL_CORR = 0.5
+#: Okabe-Ito: distinguishable with every common colour-vision deficiency.
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 
 
 def top_units(units: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The units whose sweep changes one measured property most, among the faithful ones."""
-    faithful = units[units["realised_corr"] >= FAITHFUL_CORR]
-    pool = faithful if len(faithful) >= n else units
-    score = pool["top_measure_delta_std"].abs() * pool["measure_selectivity"]
-    return pool.assign(score=score).sort_values("score", ascending=False).head(n)
+    """The units whose sweep changes one measured property most and most selectively: faithful and
+    labelled ones first, then faithful ones, then the rest (so the figure is never empty)."""
+    score = units["top_delta_std"].abs().fillna(0.0) * units["selectivity_index"]
+    tier = units["faithful"].astype(int) * 2 + units["selective"].astype(int)
+    ranked = units.assign(score=score, tier=tier).sort_values(["tier", "score", "unit"], ascending=[False, False, True])
+    return ranked.head(n)
+
+
+def unit_caption(info: Any) -> str:
+    """A unit's label for figures: its concept, else its largest change; unfaithful units are flagged."""
+    text = info["concept"] if info["selective"] else f"{info['top_part']}.{info['top_property']} (no label)"
+    return text if info["faithful"] else f"{text} [unfaithful]"
 
 
 def _save(fig: plt.Figure, path: Path) -> bytes:
@@ -77,7 +92,7 @@ def figure_sweeps(ctx: Context, images: dict[int, np.ndarray], name: str, top: p
                 if row == 0:
                     ax.set_title(f"start {s}\nstep {step}", fontsize=7)
             axes[row, 0].set_ylabel(
-                f"unit {int(info['unit'])}\n{info['top_measure']}\n{info['top_measure_delta_std']:+.2f} sd", fontsize=7
+                f"unit {int(info['unit'])}\n{unit_caption(info)}\n{info['top_delta_std']:+.2f} sd", fontsize=7
             )
     fig.suptitle(f"{name}: most selective units, low -> high activation", fontsize=9)
     return _save(fig, path)
@@ -89,13 +104,14 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
     rows = math.ceil(len(units) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.4 * rows), squeeze=False)
     meas = features[(features["kind"] == "measure") & ~features["property"].isin(UNRANKED)]
-    for ax, unit in zip(axes.flat, units):
+    for ax, (_, info) in zip(axes.flat, top.iterrows()):
+        unit = int(info["unit"])
         f = meas[meas["unit"] == unit].dropna(subset=["delta_std"])
         f = f.reindex(f["delta_std"].abs().sort_values(ascending=False).index).head(bars)[::-1]
-        colors = ["tab:red" if v > 0 else "tab:blue" for v in f["delta_std"]]
+        colors = [PALETTE[3] if v > 0 else PALETTE[0] for v in f["delta_std"]]
         ax.barh((f["part"] + "." + f["property"]).tolist(), f["delta_std"], color=colors)
         ax.axvline(0, color="k", lw=0.5)
-        ax.set_title(f"unit {unit}", fontsize=8)
+        ax.set_title(f"unit {unit}: {unit_caption(info)}", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.set_xlabel("change, sd of the property", fontsize=7)
     for ax in list(axes.flat)[len(units):]:
@@ -105,24 +121,55 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
     return _save(fig, path)
 
 
-def figure_population(features: pd.DataFrame, units: pd.DataFrame, name: str, path: Path) -> bytes:
-    meas = features[(features["kind"] == "measure") & ~features["property"].isin(UNRANKED)]
-    heat = meas.assign(mag=meas["delta_std"].abs()).pivot_table(index="part", columns="property", values="mag", aggfunc="mean", observed=True)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), gridspec_kw={"width_ratios": [1, 1, 2]})
-    axes[0].hist(units["realised_corr"].dropna(), bins=20, range=(-1, 1), color="tab:gray")
-    axes[0].axvline(FAITHFUL_CORR, color="tab:red", lw=1)
-    axes[0].set_title("faithfulness: corr(target, realised)", fontsize=9)
-    axes[0].set_xlabel("correlation", fontsize=8)
-    parts = units["top_measure"].str.split(".").str[0].value_counts()
-    axes[1].bar(parts.index.tolist(), parts.values, color="tab:green")
-    axes[1].set_title("part changed most, per unit", fontsize=9)
-    axes[1].tick_params(axis="x", rotation=45, labelsize=8)
-    im = axes[2].imshow(heat.to_numpy(), aspect="auto", cmap="magma")
-    axes[2].set_xticks(range(heat.shape[1]), heat.columns, rotation=60, fontsize=7)
-    axes[2].set_yticks(range(heat.shape[0]), heat.index, fontsize=8)
-    axes[2].set_title("mean |change| (sd) over units", fontsize=9)
-    fig.colorbar(im, ax=axes[2])
+def figure_population(population: pd.DataFrame, units: pd.DataFrame, name: str, threshold: float, path: Path) -> bytes:
+    """Faithfulness and selectivity of all units, and which parts and properties the labels name."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
+    axes[0].hist(units["faithfulness"].dropna(), bins=np.linspace(-1, 1, 21), color=PALETTE[0])
+    axes[0].axvline(threshold, color=PALETTE[3], lw=1)
+    axes[0].set_title(f"faithfulness: {int(units['faithful'].sum())}/{len(units)} units >= {threshold:g}", fontsize=9)
+    axes[0].set_xlabel("median Spearman(target, realised)", fontsize=8)
+    bins = np.linspace(0, 1, 21)
+    for sel, colour, label in ((False, PALETTE[7], "no label"), (True, PALETTE[2], "labelled")):
+        axes[1].hist(units.loc[units["selective"] == sel, "selectivity_index"], bins=bins, color=colour, alpha=0.7, label=label)
+    axes[1].set_title("selectivity index", fontsize=9)
+    axes[1].legend(fontsize=7)
+    per_part = population[(population["property"] == "*") & (population["part"] != "*")]
+    axes[2].bar(per_part["part"].tolist(), per_part["share"], color=PALETTE[2], label="all units")
+    axes[2].bar(per_part["part"].tolist(), per_part["n_selective_faithful"] / max(len(units), 1), color=PALETTE[1], label="faithful")
+    axes[2].set_title("share of units labelled, per part", fontsize=9)
+    axes[2].tick_params(axis="x", rotation=45, labelsize=8)
+    axes[2].legend(fontsize=7)
+    pairs = population[(population["part"] != "*") & (population["property"] != "*")]
+    heat = pairs.pivot_table(index="part", columns="property", values="share", aggfunc="first", sort=False)
+    im = axes[3].imshow(heat.to_numpy(), aspect="auto", cmap="viridis")
+    axes[3].set_xticks(range(heat.shape[1]), heat.columns, rotation=60, fontsize=7)
+    axes[3].set_yticks(range(heat.shape[0]), heat.index, fontsize=8)
+    axes[3].set_title("share of units labelled part:property", fontsize=9)
+    fig.colorbar(im, ax=axes[3])
     fig.suptitle(f"{name}: population of {len(units)} units", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
+    """Concept recovery on the built-in world: does the label name the factor that really changed?"""
+    groups = [(c, m) for c, m in recovery[["classifier", "masks"]].drop_duplicates().itertuples(index=False)]
+    parts = list(dict.fromkeys(recovery["part"]))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 3.6), sharey=True)
+    width = 0.8 / max(len(groups), 1)
+    x = np.arange(len(parts))
+    for ax, what in zip(axes, ("part", "concept")):
+        for i, (clf, masks) in enumerate(groups):
+            rows = recovery[(recovery["classifier"] == clf) & (recovery["masks"] == masks)].set_index("part").reindex(parts)
+            pos = x + i * width - 0.4 + width / 2
+            ax.bar(pos, rows[f"{what}_agreement"], width, color=PALETTE[i % len(PALETTE)], label=f"{clf}, {masks} masks")
+            ax.scatter(pos, rows[f"chance_{what}_agreement"], marker="_", color="k", s=60, zorder=3,
+                       label="chance" if i == 0 else None)
+        ax.set_xticks(x, [f"{p}\n(n={int(recovery.loc[recovery['part'] == p, 'n_labelled'].max())})" for p in parts], fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{what} agreement of labels with the dominant ground-truth factor", fontsize=9)
+    axes[0].set_ylabel("share of labelled units", fontsize=8)
+    axes[1].legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -192,26 +239,35 @@ def run_report(ctx: Context) -> None:
     figs.append(("Linking quality", "OLS and ridge maps r -> w on the test split.", figure_linking(link_metrics, paths.figures / "linking.png")))
     summary_clf: dict[str, Any] = {}
     unit_rows: dict[str, list[dict[str, Any]]] = {}
+    recoveries = []
     for clf in cfg.classifiers:
         name = clf.name
         made = ctx.origin("selectivity", classifier=name)
         units = read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS)
         features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
+        population = read_parquet(paths.selectivity_population(name), origin=made, schema=SELECTIVITY_POPULATION)
+        recovery = read_parquet(paths.selectivity_recovery(name), origin=made, schema=SELECTIVITY_RECOVERY)
         top = top_units(units, cfg.report.top_units)
         images = sweep_images(ctx, name, top["unit"].tolist())
         resolution = next(iter(images.values())).shape[-2]
-        figs.append((f"{name}: sweeps", "Each row is one unit swept from its lowest to its highest observed activation, for two start samples.",
+        figs.append((f"{name}: sweeps", "Each row is one unit swept from its lowest to its highest observed activation, for two "
+                     "start samples; the label names the part and property that change most, or says why there is none.",
                      figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
         figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in standard deviations of the property.",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
-        figs.append((f"{name}: population", "Faithfulness of all sweeps, the part each unit changes most, and the mean change per part and property.",
-                     figure_population(features, units, name, paths.figures / f"population-{name}.png")))
+        figs.append((f"{name}: population", "Faithfulness of all sweeps, the selectivity index, and the share of units whose "
+                     "concept label names each part and property.",
+                     figure_population(population, units, name, cfg.selectivity.faithful_min_spearman,
+                                       paths.figures / f"population-{name}.png")))
+        if len(recovery):
+            recoveries.append(recovery)
         accuracy = None
         if clf.kind in TRAINED_BY_WORKFLOW:
             accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
                                  keys=CLASSIFIER_METRICS)["heldout_accuracy"]
         lm = link_metrics[name]
         used = lm[cfg.link.method]["test"]
+        total = population[(population["part"] == "*") & (population["property"] == "*")].iloc[0]
         summary_clf[name] = {
             "heldout_accuracy": accuracy,
             "link_method": cfg.link.method,
@@ -223,20 +279,38 @@ def run_report(ctx: Context) -> None:
             "linear_cka": lm["geometry"]["linear_cka"],
             "units_in_model": unit_count(cfg, name),
             "units_analysed": int(units["unit"].nunique()),
-            "faithful_units": int((units["realised_corr"] >= FAITHFUL_CORR).sum()),
+            "faithful_units": int(units["faithful"].sum()),
+            "faithful_share": float(units["faithful"].mean()),
+            "selective_units": int(total["n_selective"]),
+            "selective_share": float(total["share"]),
+            "selective_faithful_units": int(total["n_selective_faithful"]),
+            "concept_recovery": {
+                row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
+                                                         "chance_part_agreement", "chance_concept_agreement")}
+                for row in recovery[recovery["part"] == "all"].itertuples()
+            },
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
         }
         unit_rows[name] = [
             {
                 "unit": int(r.unit),
-                "largest change": r.top_measure,
-                "change (sd)": float(r.top_measure_delta_std),
+                "concept": r.concept,
+                "largest change": f"{r.top_part}.{r.top_property}",
+                "change (sd)": float(r.top_delta_std),
+                "sign agreement": float(r.top_agreement),
+                "selectivity index": float(r.selectivity_index),
                 "top factor": getattr(r, "top_factor", "n/a"),
                 "factor change (sd)": float(getattr(r, "top_factor_delta_std", float("nan"))),
-                "faithfulness": float(r.realised_corr),
+                "faithfulness": float(r.faithfulness),
+                "faithful": bool(r.faithful),
             }
             for r in top.itertuples()
         ]
+    if recoveries:
+        figs.append(("Concept recovery (ground truth)", "For every labelled unit of the built-in world, does its label name "
+                     "a part (left) or a part and property (right) that the unit's dominant ground-truth factor changes? "
+                     "Bars per truth part, for each mask source; ticks mark the agreement expected by chance.",
+                     figure_recovery(pd.concat(recoveries, ignore_index=True), paths.figures / "concept-recovery.png")))
     timing = stage_timing(paths.root / "benchmarks")
     summary = {
         "run": cfg.run,
@@ -258,6 +332,11 @@ def _html(run: str, summary: dict[str, Any], figs: list[tuple[str, str, bytes]],
         for name, s in summary["classifiers"].items()
     ]
     timing = [{"stage": k, **v} for k, v in summary["timing"].items()]
+    recovery = [
+        {"classifier": name, "masks": masks, **values}
+        for name, s in summary["classifiers"].items() for masks, values in s["concept_recovery"].items()
+    ]
+    recovery_html = f"<h2>Concept recovery against the ground truth</h2>{_table(recovery)}" if recovery else ""
     sections = "".join(
         f"<section><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>{_img(data, title)}</section>" for title, caption, data in figs
     )
@@ -273,6 +352,7 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} section {{ margin-botto
 <h1>linkstyle report: run <code>{html.escape(run)}</code></h1>
 <p>Generator <b>{html.escape(str(summary['generator']))}</b> at {summary['resolution']} px, classes {summary['classes']}.</p>
 <h2>Headline</h2>{_table(headline)}
+{recovery_html}
 <h2>Most selective units</h2>{units}
 {sections}
 <h2>Timing per stage</h2>{_table(timing)}

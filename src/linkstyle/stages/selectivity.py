@@ -1,30 +1,56 @@
 """Per unit: how each (part, property) and each ground-truth factor changes along its sweep.
 
 Shards are read one at a time and reduced to per-unit numbers, so memory does not grow
-with the number of units. Changes are last step minus first step, averaged over start
-samples, and also expressed in units of the property's spread over all swept images
-(``delta_std``), which makes areas, angles and entropies comparable.
+with the number of units. A change is last step minus first step of one sweep; per unit it
+is averaged over start samples and expressed in units of the property's spread over all
+swept images of the classifier (``delta_std``), which makes areas, angles and entropies
+comparable. How a unit is judged (see docs/selectivity.md):
+
+- faithful: the median over start samples of the Spearman correlation between the target
+  activation and the classifier's realised activation along a sweep reaches
+  ``selectivity.faithful_min_spearman``;
+- selectivity index of the change vector: ``(m1 - mean_rest) / (m1 + mean_rest)`` of the
+  absolute normalised changes, 0 when every (part, property) changes alike, 1 when one alone does;
+- concept label ``part:property:sign`` (e.g. ``ear:area:+``) for the largest change when it is
+  large enough, consistent in sign across start samples and selective enough; ``none`` otherwise.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy.stats import rankdata
 
 from ..artifacts import TUNE_TABLE, measure_table
-from ..config import Config
+from ..config import Config, SelectivityConfig
 from ..io import artifact_error, read_parquet, write_parquet
-from ..measures import PROPERTIES
+from ..measures import MOTION_PROPERTIES, PROPERTIES
 from ..units import unit_shards
 from .context import Context
 
-#: Reported, but never chosen as a unit's label: counts are not magnitudes, and motion (zero at the
-#: first step by definition) says that a part moved, not what about it changed.
-UNRANKED = frozenset({"n_components", "motion"})
+#: Reported, but never a unit's label: counts are not magnitudes, and motion says that a part moved
+#: (centre and shape properties say how), while being zero at the first step by definition.
+UNRANKED = frozenset({"n_components", *MOTION_PROPERTIES})
 FACTOR_PREFIX = "factor__"
+NO_CONCEPT = "none"
+#: Mask sources a measure table may hold: the configured one, and the generator's exact masks
+#: alongside a learned segmenter's on the built-in world (to validate the segmenter's conclusions).
+MASK_SOURCES = ("truth", "segmenter", "whole_image")
+RECOVERY_COLUMNS = ("masks", "part", "n_units", "n_labelled", "part_agreement", "concept_agreement",
+                    "chance_part_agreement", "chance_concept_agreement")
+
+
+@dataclass(frozen=True)
+class Selectivity:
+    """The selectivity stage's three tables for one classifier (see docs/selectivity.md)."""
+
+    features: pd.DataFrame  # one row per (unit, part, property) and per (unit, ground-truth factor)
+    units: pd.DataFrame  # one row per unit
+    population: pd.DataFrame  # one row per (part, property), with '*' rows for totals
 
 
 class _Moments:
@@ -59,35 +85,49 @@ def _axial_delta(first: np.ndarray, last: np.ndarray) -> np.ndarray:
     return (last - first + 90.0) % 180.0 - 90.0
 
 
-def _sweep_deltas(values: np.ndarray, axial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """values [U, S, K, F] -> mean over starts of last - first [U, F] (NaN if no start has both), and the count."""
+def _sweep_deltas(values: np.ndarray, axial: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """values [U, S, K, F] -> per feature: mean over starts of last - first [U, F] (NaN if no start
+    has both), the number of starts that have both, and the share of those whose change has the
+    sign of the mean (0 where the mean is 0 or NaN)."""
     first, last = values[:, :, 0], values[:, :, -1]
     d = last - first
     if axial.any():
         d[..., axial] = _axial_delta(first[..., axial], last[..., axial])
+    ok = np.isfinite(d)
+    count = ok.sum(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: a part absent in every start
-        return np.nanmean(d, axis=1), np.isfinite(d).sum(1)
+        mean = np.nanmean(d, axis=1)
+    agree = ((np.sign(d) == np.sign(mean)[:, None]) & ok & (mean != 0)[:, None]).sum(1)
+    return mean, count, agree / np.maximum(count, 1)
 
 
-def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int) -> pd.DataFrame:
-    """Does the classifier's own unit follow the sweep? Per unit over its S x K images.
+def _spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Spearman correlation along the last axis (ties get average ranks); NaN where one side is constant."""
+    ra = rankdata(a, axis=-1)
+    rb = rankdata(b, axis=-1)
+    ra -= ra.mean(-1, keepdims=True)
+    rb -= rb.mean(-1, keepdims=True)
+    den = np.sqrt((ra**2).sum(-1) * (rb**2).sum(-1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (ra * rb).sum(-1) / den, np.nan)
 
-    The correlation is taken within each start sample (start means removed): starts differ
-    in their baseline activation, which says nothing about whether the sweep moves the unit.
-    """
-    target = tune["target"].to_numpy().reshape(n_units, n_starts, k)
-    real = tune["realised"].to_numpy().reshape(n_units, n_starts, k)
+
+def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int, min_spearman: float) -> pd.DataFrame:
+    """Does the classifier's own unit follow the sweep? Spearman per sweep, median over start samples."""
+    target = tune["target"].to_numpy(np.float64).reshape(n_units, n_starts, k)
+    real = tune["realised"].to_numpy(np.float64).reshape(n_units, n_starts, k)
     kept = (tune["pred"].to_numpy() == tune["cls"].to_numpy()).reshape(n_units, n_starts, k)
-    tc = target - target.mean(2, keepdims=True)
-    rc = real - real.mean(2, keepdims=True)
-    den = np.sqrt((tc**2).sum((1, 2)) * (rc**2).sum((1, 2)))
-    corr = np.where(den > 0, (tc * rc).sum((1, 2)) / np.maximum(den, 1e-12), np.nan)
+    rho = _spearman_rows(target, real)  # [U, S]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a unit whose every sweep is constant
+        median = np.nanmedian(rho, axis=1)
     span = (target[:, :, -1] - target[:, :, 0]).mean(1)
     rise = (real[:, :, -1] - real[:, :, 0]).mean(1)
     return pd.DataFrame(
         {
-            "realised_corr": corr,
+            "faithfulness": median,
+            "faithful": median >= min_spearman,  # NaN compares False: a dead unit is not faithful
             "realised_rise": rise,
             "rise_ratio": rise / np.where(span > 0, span, np.nan),
             "monotonic": (np.diff(real, axis=2) > 0).all(2).mean(1),
@@ -98,15 +138,44 @@ def _faithfulness(tune: pd.DataFrame, n_units: int, n_starts: int, k: int) -> pd
 
 def run_selectivity(ctx: Context, name: str) -> None:
     paths = ctx.paths
-    features, units_table = summarise(ctx.cfg, _read_shards(ctx, name))
+    primary = primary_mask_source(ctx.cfg)
+    result = summarise(ctx.cfg, _read_shards(ctx, name, primary))
     made = ctx.origin("selectivity", classifier=name)
-    write_parquet(features, paths.selectivity_features(name), made)
-    write_parquet(units_table, paths.selectivity_units(name), made)
-    ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name))
+    frames = []  # no rows: no ground truth to recover
+    concepts = factor_concepts(ctx.cfg)
+    if concepts is not None:
+        frames.append(concept_recovery(result.units, concepts, primary))
+        if primary != "truth" and ctx.cfg.measure.validate_with_truth:
+            # The same analysis on exact masks: does the segmenter lead to the truth's conclusions?
+            on_truth = summarise(ctx.cfg, _read_shards(ctx, name, "truth"))
+            frames.append(concept_recovery(on_truth.units, concepts, "truth"))
+    recovery = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        {c: pd.Series(dtype=float if c.endswith("agreement") else int if c.startswith("n_") else object)
+         for c in RECOVERY_COLUMNS})
+    write_parquet(result.features, paths.selectivity_features(name), made)
+    write_parquet(result.units, paths.selectivity_units(name), made)
+    write_parquet(result.population.assign(classifier=name), paths.selectivity_population(name), made)
+    write_parquet(recovery.assign(classifier=name), paths.selectivity_recovery(name), made)
+    ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name),
+              paths.selectivity_population(name), paths.selectivity_recovery(name))
 
 
-def _read_shards(ctx: Context, name: str) -> Iterator[tuple[list[int], pd.DataFrame, pd.DataFrame]]:
-    """Each unit shard's tune and measure tables, checked against each other, one shard at a time."""
+def primary_mask_source(cfg: Config) -> str:
+    """The measure table's ``masks`` value the analysis uses: where the configured segmenter's masks came from."""
+    return {"ground_truth": "truth", "learned": "segmenter", "whole_image": "whole_image"}[cfg.measure.segmenter]
+
+
+def factor_concepts(cfg: Config) -> Mapping[str, tuple[tuple[str, str], ...]] | None:
+    """Ground truth: which (part, property) pairs each generative factor should change; None without one."""
+    if cfg.generator.kind != "critters":
+        return None
+    from ..generators.critters import FACTOR_CONCEPTS
+
+    return FACTOR_CONCEPTS
+
+
+def _read_shards(ctx: Context, name: str, source: str) -> Iterator[tuple[list[int], pd.DataFrame, pd.DataFrame]]:
+    """Each unit shard's tune table and measure rows of one mask source, checked against each other."""
     paths, k = ctx.paths, ctx.cfg.tune.n_steps
     for shard, units in enumerate(unit_shards(ctx.cfg, name)):
         made_tune = ctx.origin("tune", classifier=name, shard=shard)
@@ -118,29 +187,36 @@ def _read_shards(ctx: Context, name: str) -> Iterator[tuple[list[int], pd.DataFr
         if len(tune) != len(units) * n_s * k or found != sorted(units):
             raise artifact_error(paths.tune_table(name, shard), f"has {len(tune)} rows of units {found}, "
                                  f"expected units {units} x {n_s} starts x {k} steps", made_tune)
-        n_p = len(meas["part"].cat.categories)
+        held = sorted(set(meas["masks"]))
+        meas = meas[meas["masks"] == source]
+        if meas.empty:
+            raise artifact_error(paths.measure_table(name, shard), f"holds no measures on '{source}' masks "
+                                 f"(it has {held}; measure.segmenter changed since?)", made_meas)
+        n_p = meas["part"].nunique()
         if len(meas) != len(tune) * n_p:
-            raise artifact_error(paths.measure_table(name, shard), f"has {len(meas)} rows, expected {len(tune)} images x "
-                                 f"{n_p} parts (made from another tune shard?)", made_meas)
+            raise artifact_error(paths.measure_table(name, shard), f"has {len(meas)} rows on '{source}' masks, expected "
+                                 f"{len(tune)} images x {n_p} parts (made from another tune shard?)", made_meas)
         yield units, tune, meas
 
 
-def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, pd.DataFrame]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per-(unit, feature) changes and per-unit faithfulness and labels from blocks of (units, tune, measure)
-    tables, consumed one block at a time; changes are scaled by each feature's spread over all blocks."""
+def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, pd.DataFrame]]) -> Selectivity:
+    """Per-(unit, feature) changes and per-unit faithfulness, selectivity and labels from blocks of
+    (units, tune, measure) tables of one mask source, consumed one block at a time; changes are
+    scaled by each feature's spread over all blocks."""
     k = cfg.tune.n_steps
-    unit_frames, delta_blocks, count_blocks = [], [], []
+    crit = cfg.selectivity
+    unit_frames, delta_blocks, count_blocks, agree_blocks = [], [], [], []
     moments = _Moments()
     feature_index: pd.DataFrame | None = None
+    axial = np.zeros(0, bool)
     for units, tune, meas in blocks:
         tune = tune.sort_values(["unit", "start", "step"], kind="stable")
+        parts = [p for p in meas["part"].cat.categories if p in set(meas["part"])]
         meas = meas.sort_values(["unit", "start", "step", "part"], kind="stable")
         n_u = len(units)
         n_s = tune["start"].nunique()
-        n_p = len(meas["part"].cat.categories)
-        parts = list(meas["part"].cat.categories)
-        m_vals = meas[list(PROPERTIES)].to_numpy(np.float64).reshape(n_u, n_s, k, n_p, len(PROPERTIES))
-        m_vals = m_vals.reshape(n_u, n_s, k, n_p * len(PROPERTIES))
+        n_p = len(parts)
+        m_vals = meas[list(PROPERTIES)].to_numpy(np.float64).reshape(n_u, n_s, k, n_p * len(PROPERTIES))
         factor_cols = [c for c in tune.columns if c.startswith(FACTOR_PREFIX)]
         f_vals = tune[factor_cols].to_numpy(np.float64).reshape(n_u, n_s, k, len(factor_cols))
         values = np.concatenate([m_vals, f_vals], axis=3)
@@ -154,20 +230,24 @@ def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, p
             )
             axial = (feature_index["property"] == "angle").to_numpy() & (feature_index["kind"] == "measure").to_numpy()
         moments.add(values.reshape(n_u, -1, values.shape[-1]))
-        deltas, counts = _sweep_deltas(values, axial)
+        deltas, counts, agree = _sweep_deltas(values, axial)
         delta_blocks.append(deltas)
         count_blocks.append(counts)
-        faith = _faithfulness(tune, n_u, n_s, k)
+        agree_blocks.append(agree)
+        faith = _faithfulness(tune, n_u, n_s, k, crit.faithful_min_spearman)
         faith.insert(0, "unit", np.sort(np.asarray(units)))
+        faith.insert(1, "n_starts", n_s)
         unit_frames.append(faith)
     if feature_index is None:
         raise ValueError("summarise: no blocks of units given")
     deltas = np.concatenate(delta_blocks)
     counts = np.concatenate(count_blocks)
+    agree = np.concatenate(agree_blocks)
     scale = moments.std()
     delta_std = deltas / np.where(scale > 0, scale, np.nan)
     units_table = pd.concat(unit_frames, ignore_index=True)
     unit_ids = units_table["unit"].to_numpy()
+    faithful = units_table["faithful"].to_numpy()
     n_units, n_feat = deltas.shape
     features = pd.DataFrame(
         {
@@ -177,30 +257,152 @@ def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, p
             "property": np.tile(feature_index["property"].to_numpy(), n_units),
             "delta": deltas.reshape(-1),
             "delta_std": delta_std.reshape(-1),
+            "sign_agreement": agree.reshape(-1),
             "n_starts": counts.reshape(-1),
+            "faithful": np.repeat(faithful, n_feat),
         }
     )
-    labels = _labels(delta_std, feature_index)
-    return features, pd.concat([units_table, labels], axis=1)
+    labels = _labels(delta_std, agree, feature_index, crit)
+    motion = _motion(deltas, feature_index)
+    units_table = pd.concat([units_table, labels, motion], axis=1)
+    return Selectivity(features, units_table, population(units_table, feature_index))
 
 
-def _labels(delta_std: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
-    """Strongest measured and strongest ground-truth change per unit, and how concentrated it is."""
-    out = {}
-    for kind, mask in (
-        ("measure", (index["kind"] == "measure") & ~index["property"].isin(UNRANKED)),
-        ("factor", index["kind"] == "factor"),
-    ):
-        cols = np.flatnonzero(mask.to_numpy())
+def _selectivity_index(mag: np.ndarray) -> np.ndarray:
+    """(largest - mean of the rest) / (largest + mean of the rest) per row of non-negative magnitudes."""
+    n = np.isfinite(mag).sum(1)
+    m = np.where(np.isfinite(mag), mag, 0.0)
+    top = m.max(1) if m.shape[1] else np.zeros(len(m))
+    rest = (m.sum(1) - top) / np.maximum(n - 1, 1)
+    den = top + rest
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, (top - rest) / den, 0.0)
+
+
+def _labels(delta_std: np.ndarray, agree: np.ndarray, index: pd.DataFrame, crit: SelectivityConfig) -> pd.DataFrame:
+    """The largest measured and the largest ground-truth change per unit, its consistency, the
+    selectivity index and the concept label."""
+    out: dict[str, np.ndarray] = {}
+    rows = np.arange(len(delta_std))
+    measure_cols = np.flatnonzero(((index["kind"] == "measure") & ~index["property"].isin(UNRANKED)).to_numpy())
+    factor_cols = np.flatnonzero((index["kind"] == "factor").to_numpy())
+    for kind, cols in (("measure", measure_cols), ("factor", factor_cols)):
         if len(cols) == 0:
             continue
         mag = np.abs(delta_std[:, cols])
-        mag = np.where(np.isfinite(mag), mag, 0.0)
-        best = mag.argmax(1)
+        best = np.where(np.isfinite(mag), mag, -1.0).argmax(1)
         top = cols[best]
-        names = (index["part"] + "." + index["property"]).to_numpy() if kind == "measure" else index["property"].to_numpy()
-        out[f"top_{kind}"] = names[top]
-        out[f"top_{kind}_delta_std"] = delta_std[np.arange(len(top)), top]
-        total = mag.sum(1)
-        out[f"{kind}_selectivity"] = np.where(total > 0, mag.max(1) / np.maximum(total, 1e-12), 0.0)
+        value = delta_std[rows, top]
+        prefix = "top" if kind == "measure" else "top_factor"
+        if kind == "measure":
+            out["top_part"] = index["part"].to_numpy()[top]
+            out["top_property"] = index["property"].to_numpy()[top]
+        else:
+            out["top_factor"] = index["property"].to_numpy()[top]
+        out[f"{prefix}_delta_std"] = value
+        out[f"{prefix}_agreement"] = agree[rows, top]
+        out[f"{'' if kind == 'measure' else 'factor_'}selectivity_index"] = _selectivity_index(mag)
+    if "top_part" in out:
+        passes = (
+            np.isfinite(out["top_delta_std"])
+            & (np.abs(out["top_delta_std"]) >= crit.min_effect)
+            & (out["top_agreement"] >= crit.min_sign_agreement)
+            & (out["selectivity_index"] >= crit.min_selectivity)
+        )
+        sign = np.where(out["top_delta_std"] > 0, "+", "-")
+        concept = np.char.add(np.char.add(np.char.add(out["top_part"].astype(str), ":"),
+                                          np.char.add(out["top_property"].astype(str), ":")), sign)
+        out["concept"] = np.where(passes, concept, NO_CONCEPT).astype(object)
+        out["selective"] = passes
     return pd.DataFrame(out)
+
+
+def _motion(deltas: np.ndarray, index: pd.DataFrame) -> pd.DataFrame:
+    """The part that moves most along the sweep (mean flow magnitude at the last step), and where to."""
+    measure = (index["kind"] == "measure").to_numpy()
+    prop = index["property"].to_numpy()
+    cols = {c: np.flatnonzero(measure & (prop == c)) for c in MOTION_PROPERTIES}
+    if len(cols["motion"]) == 0 or len(deltas) == 0:
+        return pd.DataFrame(index=range(len(deltas)))
+    mag = deltas[:, cols["motion"]]  # motion is 0 at the first step: the change is the last step's value
+    best = np.where(np.isfinite(mag), mag, -1.0).argmax(1)
+    rows = np.arange(len(deltas))
+    dx = deltas[:, cols["motion_x"]][rows, best]
+    dy = deltas[:, cols["motion_y"]][rows, best]
+    return pd.DataFrame(
+        {
+            "motion_part": index["part"].to_numpy()[cols["motion"]][best],
+            "motion": mag[rows, best],
+            # Counter-clockwise from the x axis with y up, as the ellipse angle; motion_y grows downwards.
+            "motion_direction": np.degrees(np.arctan2(-dy, dx)) % 360.0,
+        }
+    )
+
+
+def population(units: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
+    """Share of the units labelled with each (part, property), and '*' rows for each part, each
+    property and overall; among all analysed units and among the faithful ones."""
+    ranked = index[(index["kind"] == "measure") & ~index["property"].isin(UNRANKED)]
+    pairs = list(zip(ranked["part"], ranked["property"]))
+    parts = list(dict.fromkeys(ranked["part"]))
+    props = list(dict.fromkeys(ranked["property"]))
+    keys = pairs + [(p, "*") for p in parts] + [("*", q) for q in props] + [("*", "*")]
+    sel = units["selective"].to_numpy() if "selective" in units else np.zeros(len(units), bool)
+    faithful = units["faithful"].to_numpy()
+    part = units.get("top_part", pd.Series([""] * len(units))).to_numpy()
+    prop = units.get("top_property", pd.Series([""] * len(units))).to_numpy()
+    n, n_f = len(units), int(faithful.sum())
+    rows = []
+    for p, q in keys:
+        hit = sel & ((part == p) | (p == "*")) & ((prop == q) | (q == "*"))
+        rows.append({"part": p, "property": q, "n_units": n, "n_faithful": n_f,
+                     "n_selective": int(hit.sum()), "n_selective_faithful": int((hit & faithful).sum())})
+    table = pd.DataFrame(rows)
+    table["share"] = table["n_selective"] / max(n, 1)
+    table["share_faithful"] = np.where(n_f > 0, table["n_selective_faithful"] / max(n_f, 1), np.nan)
+    return table
+
+
+def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str, str], ...]], masks: str,
+                     permutations: int = 200, seed: int = 0) -> pd.DataFrame:
+    """How often the image-domain label names what the ground truth says changed.
+
+    For every labelled unit, its dominant ground-truth factor (largest normalised change) gives the
+    (part, property) pairs that factor should change (``concepts``). Part agreement: the label's
+    part is one of them; concept agreement: its (part, property) is. Rows per truth part (the
+    factor's first part) and 'all'; ``chance_*`` is the agreement expected if labels and factors
+    were unrelated (labels permuted across units, mean of ``permutations`` draws).
+    """
+    lab = units[units["selective"].to_numpy()] if "selective" in units else units.iloc[:0]
+    factor = lab["top_factor"].to_numpy() if "top_factor" in lab else np.array([], object)
+    part, prop = lab["top_part"].to_numpy(), lab["top_property"].to_numpy()
+
+    def agreement(part: np.ndarray, prop: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pm = np.array([p in {c[0] for c in concepts.get(f, ())} for f, p in zip(factor, part)], bool)
+        cm = np.array([(p, q) in set(concepts.get(f, ())) for f, p, q in zip(factor, part, prop)], bool)
+        return pm, cm
+
+    part_match, concept_match = agreement(part, prop)
+    rng = np.random.default_rng(seed)
+    chance_p = np.zeros(len(lab))
+    chance_c = np.zeros(len(lab))
+    for _ in range(permutations if len(lab) else 0):
+        perm = rng.permutation(len(lab))
+        pm, cm = agreement(part[perm], prop[perm])
+        chance_p += pm
+        chance_c += cm
+    chance_p /= max(permutations, 1)
+    chance_c /= max(permutations, 1)
+    truth_part = np.array([concepts[f][0][0] if f in concepts else "" for f in factor], object)
+    rows = []
+    groups = [("all", np.ones(len(lab), bool))] + [(p, truth_part == p) for p in dict.fromkeys(c[0][0] for c in concepts.values())]
+    for name, sel in groups:
+        n = int(sel.sum())
+        rows.append({
+            "masks": masks, "part": name, "n_units": len(units), "n_labelled": n,
+            "part_agreement": float(part_match[sel].mean()) if n else np.nan,
+            "concept_agreement": float(concept_match[sel].mean()) if n else np.nan,
+            "chance_part_agreement": float(chance_p[sel].mean()) if n else np.nan,
+            "chance_concept_agreement": float(chance_c[sel].mean()) if n else np.nan,
+        })
+    return pd.DataFrame(rows)
