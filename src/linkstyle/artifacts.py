@@ -89,7 +89,8 @@ def measure_table() -> Columns:
     """Built on call: the property list lives in measures.py, which imports scikit-image."""
     from .measures import PROPERTIES
 
-    return {"unit": "i", "start": "i", "step": "i", "masks": "category", "part": "category", **{p: "f" for p in PROPERTIES}}
+    return {"unit": "i", "start": "i", "step": "i", "masks": "category", "part": "category", "present": "b",
+            **{p: "f" for p in PROPERTIES}}
 
 
 SELECTIVITY_FEATURES: Columns = {

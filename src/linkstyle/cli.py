@@ -164,20 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Expected failures (config, artifacts, weights, full or read-only disks) are one message and exit
     # status 2; anything else is a bug and keeps its traceback.
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         _dispatch(args)
     except LinkstyleError as exc:
-        print(f"linkstyle {args.command}: error: {exc}", file=sys.stderr)
+        print(f"linkstyle {command}: error: {exc}", file=sys.stderr)
         return 2
     except FileNotFoundError as exc:
-        print(f"linkstyle {args.command}: error: {_missing(exc)}", file=sys.stderr)
+        print(f"linkstyle {command}: error: {_missing(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         from .io import USER_ERRNOS, os_error_message
 
         if exc.errno not in USER_ERRNOS:
             raise
-        print(f"linkstyle {args.command}: error: {os_error_message(exc, action='read or write')}", file=sys.stderr)
+        print(f"linkstyle {command}: error: {os_error_message(exc, action='read or write')}", file=sys.stderr)
         return 2
     return 0
 

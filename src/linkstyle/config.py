@@ -29,7 +29,7 @@ CRITTERS_MAX_CLASSES = 16
 #: Penultimate width of each demo architecture (checked against torchvision by the tests).
 DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 DEMO_ARCHS = tuple(DEMO_UNITS)
-#: The config sections each stage reads. The Snakemake rules pass ``digest(*sections)`` as a param, so
+#: The config sections (or single ``section.key`` entries) each stage reads. The Snakemake rules pass ``digest(*sections)`` as a param, so
 #: a change reruns exactly the stages that read it, and every artifact records the same digest, so a
 #: stale artifact is refused when read (tests/test_reliability.py checks that the rules agree).
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
@@ -39,10 +39,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "select": ("select", "tune"),
     "link": ("link", "precision"),
     "tune": ("tune", "precision"),
-    "label_export": ("seed", "generator", "classes", "measure", "segmentation"),
-    "label_import": ("seed", "generator", "classes", "measure", "segmentation"),
-    "train_segmenter": ("seed", "generator", "classes", "measure", "segmentation"),
-    "measure": ("measure", "segmentation"),
+    # The labelling loop reads single keys, so that pointing segmentation.labels at your maps keeps
+    # the exported images, and tuning the training keeps both.
+    "label_export": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images"),
+    "label_import": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images",
+                     "segmentation.labels", "segmentation.min_labelled"),
+    "train_segmenter": ("seed", "generator", "classes", "measure.parts", "segmentation"),
+    "measure": ("measure",),
     "selectivity": ("selectivity",),
     "report": ("report",),
 }
@@ -344,8 +347,15 @@ class Config:
         )
 
     def digest(self, *sections: str) -> str:
-        """Short hash of some top-level sections: Snakemake params use it to rerun only what changed."""
-        payload = {s: self.raw.get(s) for s in sorted(sections)}
+        """Short hash of some sections (top-level keys, or ``section.key`` for one key of a section):
+        Snakemake params use it to rerun only what changed."""
+
+        def value(key: str) -> Any:
+            head, _, tail = key.partition(".")
+            section = self.raw.get(head)
+            return section.get(tail) if tail and isinstance(section, Mapping) else section
+
+        payload = {s: value(s) for s in sorted(sections)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_digest(self, stage: str) -> str:

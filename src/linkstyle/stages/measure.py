@@ -78,6 +78,8 @@ def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
                 "part": np.tile(np.array(part_names), n),
             }
         )
+        # An absent part is flagged, and its measures are NaN (area 0), never a silent zero.
+        table["present"] = static[:, :, STATIC_PROPERTIES.index("area")].reshape(-1) > 0
         for j, prop in enumerate(STATIC_PROPERTIES):
             table[prop] = static[:, :, j].reshape(-1)
         for j, prop in enumerate(MOTION_PROPERTIES):

@@ -1,0 +1,126 @@
+"""The labelling loop as a user runs it: export, label (here: the exact masks), import, train, predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from linkstyle.config import load_config
+from linkstyle.paths import RunPaths
+from linkstyle.stages import run_stage
+from linkstyle.stages.context import Context
+from linkstyle.stages.segment import predict_tuned
+
+SMALL = {
+    "run": "seg",
+    "generator": {"num_classes": 3, "resolution": 32},
+    "measure": {"segmenter": "learned"},
+    "segmentation": {"export_images": 8, "steps": 40, "heldout_images": 12},
+}
+
+
+def _config(tmp_path, **over):
+    raw = {**SMALL, "results_dir": str(tmp_path / "results"), **over}
+    cfg = load_config(None, raw)
+    RunPaths(cfg.run_dir).root.mkdir(parents=True, exist_ok=True)
+    path = RunPaths(cfg.run_dir).config
+    path.write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    return cfg, path
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "linkstyle", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seg")
+    cfg, path = _config(tmp)
+    run_stage(cfg, "label_export", threads=1)
+    return tmp, cfg, path
+
+
+def test_export_writes_images_truth_and_a_manifest(exported):
+    _, cfg, _ = exported
+    paths = RunPaths(cfg.run_dir)
+    images = sorted((paths.labels_dir / "images").glob("*.png"))
+    truth = sorted((paths.labels_dir / "truth").glob("*.png"))
+    assert len(images) == 8 and [p.name for p in images] == [p.name for p in truth]
+    assert Image.open(images[0]).size == (32, 32) and Image.open(truth[0]).mode == "P"
+    manifest = json.loads(paths.label_manifest.read_text())
+    assert manifest["parts"][:2] == ["background", "body"]
+
+
+def test_import_train_predict_on_the_exported_truth(exported):
+    _, cfg, _ = exported
+    paths = RunPaths(cfg.run_dir)
+    run_stage(cfg, "label_import", threads=1)
+    run_stage(cfg, "train_segmenter", threads=1)
+    metrics = json.loads(paths.segmenter_metrics.read_text())
+    assert metrics["labelled_images"] == 8 and metrics["heldout"]["images"] == 12
+    assert metrics["heldout"]["mean_iou"] > 0.3  # 40 steps: well above chance (1/8), far from converged
+    ctx = Context(cfg, threads=1)
+    data = np.load(paths.segmenter_labels)
+    masks, parts = predict_tuned(ctx, {"images": data["images"], "w": data["w"]})
+    assert masks.shape == data["masks"].shape and masks.dtype == np.uint8 and len(parts) == 8
+    assert (masks == data["masks"]).mean() > 0.7  # on its own training images
+
+
+def test_training_is_deterministic(exported):
+    _, cfg, _ = exported
+    paths = RunPaths(cfg.run_dir)
+    run_stage(cfg, "label_import", threads=1)
+    run_stage(cfg, "train_segmenter", threads=1)
+    first = json.loads(paths.segmenter_metrics.read_text())["heldout"]
+    run_stage(cfg, "train_segmenter", threads=1)
+    assert json.loads(paths.segmenter_metrics.read_text())["heldout"] == first
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("value", "outside 0..7"),
+    ("size", "but the image is 32x32"),
+    ("colour", "RGB"),
+    ("too_few", "at least 5 are needed"),
+    ("stranger", "matches no exported image"),
+])
+def test_bad_label_maps_are_refused_naming_the_file(exported, tmp_path, damage, message):
+    tmp, cfg, _ = exported
+    folder = tmp_path / "maps"
+    shutil.copytree(RunPaths(cfg.run_dir).labels_dir / "truth", folder)
+    maps = sorted(folder.glob("*.png"))
+    bad = maps[1]
+    if damage == "value":
+        a = np.array(Image.open(bad))
+        a[3, 3] = 9
+        Image.fromarray(a, "L").save(bad)
+    elif damage == "size":
+        Image.fromarray(np.zeros((20, 24), np.uint8), "L").save(bad)
+    elif damage == "colour":
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8), "RGB").save(bad)
+    elif damage == "too_few":
+        for p in maps[4:]:
+            p.unlink()
+    elif damage == "stranger":
+        shutil.copy(bad, folder / "holiday-photo.png")
+    _, path = _config(tmp, segmentation={**SMALL["segmentation"], "labels": str(folder)})
+    proc = _cli("label", "import", "--config", str(path))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    if damage not in ("too_few",):
+        assert str(folder) in proc.stderr
+    _config(tmp)  # leave the module's config as it was
+
+
+def test_pointing_at_your_labels_keeps_the_export(exported):
+    """segmentation.labels is read by the import only: the exported images stay valid."""
+    _, cfg, _ = exported
+    other = load_config(None, {**cfg.raw, "segmentation": {**cfg.raw["segmentation"], "labels": "/somewhere"}})
+    assert other.stage_digest("label_export") == cfg.stage_digest("label_export")
+    assert other.stage_digest("label_import") != cfg.stage_digest("label_import")
