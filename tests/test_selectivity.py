@@ -167,7 +167,7 @@ def test_summarise_labels_a_unit_that_grows_one_part():
                 for i, part in enumerate(parts):
                     vals = {p: offset[s, i, j] + rng.normal(0, 0.005) for j, p in enumerate(PROPERTIES)}
                     if unit == 7 and part == "ear":
-                        vals["area"] += 0.05 * step
+                        vals["area"] += 0.15 * step
                     rows.append({"unit": unit, "start": s, "step": step, "masks": "truth", "part": part, **vals})
     meas = pd.DataFrame(rows)
     meas["part"] = pd.Categorical(meas["part"], categories=parts)
