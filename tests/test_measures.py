@@ -408,3 +408,19 @@ def test_farneback_params():
     assert farneback_params(64, 64)["levels"] == 2  # coarsest level 32 px
     assert farneback_params(32, 32)["levels"] == 1 and farneback_params(128, 128)["levels"] == 3
     assert farneback_params(64, 64)["winsize"] % 2 == 1
+
+
+def test_measuring_several_segmentations_at_once_equals_one_at_a_time():
+    from linkstyle.measures import part_measures_many, sweep_motion_many
+
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+    a = rng.integers(0, 3, (2, 3, 32, 32)).astype(np.uint8)
+    b = rng.integers(0, 5, (2, 3, 32, 32)).astype(np.uint8)
+    flat = images.reshape(6, 32, 32, 3)
+    both = part_measures_many(flat, [(a.reshape(6, 32, 32), 3), (b.reshape(6, 32, 32), 5)])
+    np.testing.assert_array_equal(both[0], part_measures(flat, a.reshape(6, 32, 32), 3))
+    np.testing.assert_array_equal(both[1], part_measures(flat, b.reshape(6, 32, 32), 5))
+    moved = sweep_motion_many(images, [(a, 3), (b, 5)])
+    np.testing.assert_array_equal(moved[0], sweep_motion(images, a, 3))
+    np.testing.assert_array_equal(moved[1], sweep_motion(images, b, 5))

@@ -185,3 +185,21 @@ def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path, units_per_s
                                   _shards(other, "measure", "resnet18", keys + ["part"]), check_exact=True)
     for table in (RunPaths.selectivity_features, RunPaths.selectivity_units):
         pd.testing.assert_frame_equal(pd.read_parquet(table(paths, "resnet18")), pd.read_parquet(table(other, "resnet18")), check_exact=True)
+
+
+@pytest.mark.slow
+def test_measure_vs_tune_benchmark_runs_on_the_tiny_run(tiny_run, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    _, _, paths = tiny_run
+    out = tmp_path / "ratio.jsonl"
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_measure_vs_tune.py"), "--config", str(paths.config),
+                           "--classifier", "resnet18", "--units", "2", "--repeats", "1", "--out", str(out)],
+                          capture_output=True, text=True, cwd=paths.root.parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["segmenter"] == "learned" and result["images_per_repeat"] == 2 * 6 * 3
+    assert result["tune_ms_per_image"] > 0 and result["measure_ms_per_image"] > 0

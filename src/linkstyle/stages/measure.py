@@ -8,7 +8,7 @@ import pandas as pd
 from ..artifacts import TUNE_ARRAYS
 from ..config import ConfigError
 from ..io import artifact_error, read_npz, write_parquet
-from ..measures import MOTION_PROPERTIES, STATIC_PROPERTIES, part_measures, sweep_motion
+from ..measures import MOTION_PROPERTIES, STATIC_PROPERTIES, part_measures_many, sweep_motion_many
 from .context import Context
 
 
@@ -63,11 +63,13 @@ def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     k = ctx.cfg.tune.n_steps
     sources = segment(ctx, arrays)
     all_parts = list(dict.fromkeys(p for _, _, names in sources for p in names))
+    sets = [(masks, len(names)) for _, masks, names in sources]
+    # Entropy and flow depend on the images only: computed once for every mask source.
+    statics = part_measures_many(images, sets, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M] each
+    motions = sweep_motion_many(images.reshape(n // k, k, h, w_px, 3), [(m.reshape(n // k, k, h, w_px), p) for m, p in sets])
     blocks = []
-    for source, masks, part_names in sources:
+    for (source, _, part_names), static, motion in zip(sources, statics, motions):
         n_parts = len(part_names)
-        static = part_measures(images, masks, n_parts, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M]
-        motion = sweep_motion(images.reshape(n // k, k, h, w_px, 3), masks.reshape(n // k, k, h, w_px), n_parts)
         motion = motion.reshape(n, n_parts, len(MOTION_PROPERTIES))
         table = pd.DataFrame(
             {
