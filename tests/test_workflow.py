@@ -167,7 +167,7 @@ def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path, units_per_s
     cfg = load_config(None, raw)
     assert len(unit_shards(cfg, "resnet18")) == n_shards
     other = RunPaths(cfg.run_dir)
-    for sub in ("classifiers", "extract", "link"):
+    for sub in ("classifiers", "extract", "link", "segmenter"):
         shutil.copytree(paths.root / sub, other.root / sub)
     threads = torch.get_num_threads()
     ctx = Context(cfg, threads=1)  # as the workflow's tune jobs (threads: 1)

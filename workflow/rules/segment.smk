@@ -60,7 +60,7 @@ rule train_segmenter:
         PATHS.log("train_segmenter"),
     benchmark:
         PATHS.benchmark("train_segmenter")
-    threads: 2
+    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
     shell:

@@ -150,12 +150,13 @@ def run_selectivity(ctx: Context, name: str) -> None:
             on_truth = summarise(ctx.cfg, _read_shards(ctx, name, "truth"))
             frames.append(concept_recovery(on_truth.units, concepts, "truth"))
     recovery = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {c: pd.Series(dtype=float if c.endswith("agreement") else int if c.startswith("n_") else object)
+        {c: pd.Series(dtype=float if c.endswith("agreement") else int if c.startswith("n_") else "string")
          for c in RECOVERY_COLUMNS})
     write_parquet(result.features, paths.selectivity_features(name), made)
     write_parquet(result.units, paths.selectivity_units(name), made)
     write_parquet(result.population.assign(classifier=name), paths.selectivity_population(name), made)
-    write_parquet(recovery.assign(classifier=name), paths.selectivity_recovery(name), made)
+    write_parquet(recovery.assign(classifier=pd.Series([name] * len(recovery), dtype="string")),
+                  paths.selectivity_recovery(name), made)
     ctx.wrote(paths.selectivity_features(name), paths.selectivity_units(name),
               paths.selectivity_population(name), paths.selectivity_recovery(name))
 
