@@ -90,7 +90,7 @@ def measure_table() -> Columns:
     from .measures import PROPERTIES
 
     return {"unit": "i", "start": "i", "step": "i", "masks": "category", "part": "category", "present": "b",
-            **{p: "f" for p in PROPERTIES}}
+            **{p: "f" for p in PROPERTIES}, "truth_iou": "f"}
 
 
 SELECTIVITY_FEATURES: Columns = {
@@ -112,5 +112,5 @@ SELECTIVITY_POPULATION: Columns = {
 
 SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
-    "concept_agreement": "f", "chance_part_agreement": "f", "chance_concept_agreement": "f",
+    "concept_agreement": "f", "chance_part_agreement": "f", "chance_concept_agreement": "f", "swept_iou": "f",
 }

@@ -55,6 +55,25 @@ def run_measure(ctx: Context, name: str, shard: int) -> None:
     ctx.wrote(paths.measure_table(name, shard))
 
 
+def _truth_iou(sources: list[tuple[str, np.ndarray, tuple[str, ...]]]) -> np.ndarray | None:
+    """Per image and part, IoU of the segmenter's mask with the exact one (NaN where neither has the
+    part): how well the segmenter does on the swept images themselves, which may lie outside what
+    its few labelled images showed. None unless both mask sources are measured with the same parts."""
+    found = {source: (masks, names) for source, masks, names in sources}
+    if "segmenter" not in found or "truth" not in found or found["segmenter"][1] != found["truth"][1]:
+        return None
+    (seg, names), (truth, _) = found["segmenter"], found["truth"]
+    n, n_parts = len(seg), len(names)
+    flat = np.arange(n, dtype=np.intp)[:, None] * n_parts
+    a = (flat + seg.reshape(n, -1)).ravel()
+    b = (flat + truth.reshape(n, -1)).ravel()
+    size = n * n_parts
+    inter = np.bincount(a[a == b], minlength=size)
+    union = np.bincount(a, minlength=size) + np.bincount(b, minlength=size) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, np.nan).astype(np.float32).reshape(n, n_parts)
+
+
 def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     """Part measures and motion of every image of tune arrays (whole sweeps of tune.n_steps images),
     one block of rows per mask source (column ``masks``)."""
@@ -67,6 +86,7 @@ def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     # Entropy and flow depend on the images only: computed once for every mask source.
     statics = part_measures_many(images, sets, entropy_radius=ctx.cfg.measure.entropy_radius)  # [N, P, M] each
     motions = sweep_motion_many(images.reshape(n // k, k, h, w_px, 3), [(m.reshape(n // k, k, h, w_px), p) for m, p in sets])
+    truth_iou = _truth_iou(sources)
     blocks = []
     for (source, _, part_names), static, motion in zip(sources, statics, motions):
         n_parts = len(part_names)
@@ -86,6 +106,7 @@ def measure_sweeps(ctx: Context, arrays: dict[str, np.ndarray]) -> pd.DataFrame:
             table[prop] = static[:, :, j].reshape(-1)
         for j, prop in enumerate(MOTION_PROPERTIES):
             table[prop] = motion[:, :, j].reshape(-1)
+        table["truth_iou"] = truth_iou.reshape(-1) if source == "segmenter" and truth_iou is not None else np.nan
         blocks.append(table)
     table = pd.concat(blocks, ignore_index=True)
     table["masks"] = pd.Categorical(table["masks"], categories=[s for s, _, _ in sources])

@@ -286,7 +286,7 @@ def run_report(ctx: Context) -> None:
             "selective_faithful_units": int(total["n_selective_faithful"]),
             "concept_recovery": {
                 row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
-                                                         "chance_part_agreement", "chance_concept_agreement")}
+                                                         "chance_part_agreement", "chance_concept_agreement", "swept_iou")}
                 for row in recovery[recovery["part"] == "all"].itertuples()
             },
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},

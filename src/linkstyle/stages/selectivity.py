@@ -41,7 +41,7 @@ NO_CONCEPT = "none"
 #: alongside a learned segmenter's on the built-in world (to validate the segmenter's conclusions).
 MASK_SOURCES = ("truth", "segmenter", "whole_image")
 RECOVERY_COLUMNS = ("masks", "part", "n_units", "n_labelled", "part_agreement", "concept_agreement",
-                    "chance_part_agreement", "chance_concept_agreement")
+                    "chance_part_agreement", "chance_concept_agreement", "swept_iou")
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class Selectivity:
     features: pd.DataFrame  # one row per (unit, part, property) and per (unit, ground-truth factor)
     units: pd.DataFrame  # one row per unit
     population: pd.DataFrame  # one row per (part, property), with '*' rows for totals
+    swept_iou: dict[str, float] | None = None  # per part: mean IoU of the segmenter's masks with the truth's
 
 
 class _Moments:
@@ -144,13 +145,13 @@ def run_selectivity(ctx: Context, name: str) -> None:
     frames = []  # no rows: no ground truth to recover
     concepts = factor_concepts(ctx.cfg)
     if concepts is not None:
-        frames.append(concept_recovery(result.units, concepts, primary))
+        frames.append(concept_recovery(result.units, concepts, primary, result.swept_iou))
         if primary != "truth" and ctx.cfg.measure.validate_with_truth:
             # The same analysis on exact masks: does the segmenter lead to the truth's conclusions?
             on_truth = summarise(ctx.cfg, _read_shards(ctx, name, "truth"))
             frames.append(concept_recovery(on_truth.units, concepts, "truth"))
     recovery = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {c: pd.Series(dtype=float if c.endswith("agreement") else int if c.startswith("n_") else "string")
+        {c: pd.Series(dtype=float if c.endswith(("agreement", "iou")) else int if c.startswith("n_") else "string")
          for c in RECOVERY_COLUMNS})
     write_parquet(result.features, paths.selectivity_features(name), made)
     write_parquet(result.units, paths.selectivity_units(name), made)
@@ -210,7 +211,14 @@ def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, p
     moments = _Moments()
     feature_index: pd.DataFrame | None = None
     axial = np.zeros(0, bool)
+    iou_sum: dict[str, float] = {}
+    iou_n: dict[str, int] = {}
     for units, tune, meas in blocks:
+        if "truth_iou" in meas and meas["truth_iou"].notna().any():
+            agg = meas.groupby("part", observed=True)["truth_iou"].agg(["sum", "count"])
+            for part, row in agg.iterrows():
+                iou_sum[str(part)] = iou_sum.get(str(part), 0.0) + float(row["sum"])
+                iou_n[str(part)] = iou_n.get(str(part), 0) + int(row["count"])
         tune = tune.sort_values(["unit", "start", "step"], kind="stable")
         parts = [p for p in meas["part"].cat.categories if p in set(meas["part"])]
         meas = meas.sort_values(["unit", "start", "step", "part"], kind="stable")
@@ -266,7 +274,8 @@ def summarise(cfg: Config, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, p
     labels = _labels(delta_std, agree, feature_index, crit)
     motion = _motion(deltas, feature_index)
     units_table = pd.concat([units_table, labels, motion], axis=1)
-    return Selectivity(features, units_table, population(units_table, feature_index))
+    swept_iou = {p: iou_sum[p] / iou_n[p] for p in iou_sum if iou_n[p]} or None
+    return Selectivity(features, units_table, population(units_table, feature_index), swept_iou)
 
 
 def _selectivity_index(mag: np.ndarray) -> np.ndarray:
@@ -365,14 +374,16 @@ def population(units: pd.DataFrame, index: pd.DataFrame) -> pd.DataFrame:
 
 
 def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str, str], ...]], masks: str,
-                     permutations: int = 200, seed: int = 0) -> pd.DataFrame:
+                     swept_iou: Mapping[str, float] | None = None, permutations: int = 200, seed: int = 0) -> pd.DataFrame:
     """How often the image-domain label names what the ground truth says changed.
 
     For every labelled unit, its dominant ground-truth factor (largest normalised change) gives the
     (part, property) pairs that factor should change (``concepts``). Part agreement: the label's
     part is one of them; concept agreement: its (part, property) is. Rows per truth part (the
     factor's first part) and 'all'; ``chance_*`` is the agreement expected if labels and factors
-    were unrelated (labels permuted across units, mean of ``permutations`` draws).
+    were unrelated (labels permuted across units, mean of ``permutations`` draws). ``swept_iou``
+    (segmenter masks only): the mean IoU of its masks with the exact ones on the swept images, per
+    part and (row 'all') over parts.
     """
     lab = units[units["selective"].to_numpy()] if "selective" in units else units.iloc[:0]
     factor = lab["top_factor"].to_numpy() if "top_factor" in lab else np.array([], object)
@@ -405,5 +416,7 @@ def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str
             "concept_agreement": float(concept_match[sel].mean()) if n else np.nan,
             "chance_part_agreement": float(chance_p[sel].mean()) if n else np.nan,
             "chance_concept_agreement": float(chance_c[sel].mean()) if n else np.nan,
+            "swept_iou": (float(np.mean(list(swept_iou.values()))) if name == "all" else swept_iou.get(name, np.nan))
+            if swept_iou else np.nan,
         })
     return pd.DataFrame(rows)
