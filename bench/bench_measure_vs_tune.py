@@ -39,13 +39,13 @@ def main() -> None:
 
     import torch
 
-    from linkstyle.cli import _merge_all, _parse_override
+    from linkstyle.cli import overrides_from
     from linkstyle.config import load_config
     from linkstyle.stages.context import Context
     from linkstyle.stages.measure import measure_sweeps
     from linkstyle.stages.tune import sweep_units
 
-    cfg = load_config(args.config, _merge_all([_parse_override(s) for s in args.set]))
+    cfg = load_config(args.config, overrides_from(args.set))
     ctx = Context(cfg, threads=args.threads)
     units = list(range(args.units))
     sweep_units(ctx, args.classifier, units[:1])  # warm-up: networks loaded, first-call costs paid

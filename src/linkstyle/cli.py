@@ -64,6 +64,11 @@ def _merge_all(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def overrides_from(settings: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` strings -> one nested override mapping (later keys win)."""
+    return _merge_all([_parse_override(s) for s in settings])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linkstyle",
@@ -115,7 +120,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         print(f"wrote {convert_stylegan(args.input, args.output, args.repo)}")
         return
-    cfg = load_config(args.config, _merge_all([_parse_override(s) for s in args.set]))
+    cfg = load_config(args.config, overrides_from(args.set))
     if args.command == "config":
         sys.stdout.write(yaml.safe_dump(cfg.raw, sort_keys=False))
         return
