@@ -17,6 +17,7 @@ include: "workflow/rules/samples.smk"
 include: "workflow/rules/link.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/units.smk"
+include: "workflow/rules/counterfactual.smk"
 include: "workflow/rules/report.smk"
 
 

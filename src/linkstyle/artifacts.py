@@ -63,6 +63,10 @@ LINK_MODEL: dict[str, Array] = {
     "intercept": Array("f", ("w_dim",)),
     "method": Array("U", ()),
     "alpha": Array("f", ()),
+    # w -> r, for counterfactuals (linking.LinearLink.back)
+    "back_coef": Array("f", ("w_dim", "units")),
+    "back_intercept": Array("f", ("units",)),
+    "back_alpha": Array("f", ()),
 }
 
 LINK_METRICS = ("n_train", "n_test", "ols", "ridge", "geometry")
@@ -114,3 +118,34 @@ SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
     "concept_agreement": "f", "chance_part_agreement": "f", "chance_concept_agreement": "f", "swept_iou": "f",
 }
+
+COUNTERFACTUAL_ITEMS: Columns = {
+    "item": "i", "origin": "i", "target": "i", "origin_name": "str", "target_name": "str", "seed": "i",
+    "split": "str", "success": "b", "steps": "i", "l1": "f", "l1_relative": "f", "l0": "i", "cosine": "f",
+    "image_distance": "f", "conf_origin_before": "f", "conf_origin_after": "f", "conf_target_before": "f",
+    "conf_target_after": "f", "pred_before": "i", "pred_after": "i", "top_units": "str", "image": "i",
+}
+
+#: ``images_*`` hold the stored items only (``image_item``: their item numbers).
+COUNTERFACTUAL_ARRAYS: dict[str, Array] = {
+    "item": Array("i", _ROWS),
+    "shift": Array("f", ("n", "units")),
+    "w_before": Array("f", ("n", "w_dim")),
+    "w_after": Array("f", ("n", "w_dim")),
+    "top_units": Array("i", ("n", None)),
+    "image_item": Array("i", ("images",)),
+    "images_before": Array("uint8", ("images", "height", "width", 3)),
+    "images_after": Array("uint8", ("images", "height", "width", 3)),
+}
+
+COUNTERFACTUAL_DRIVERS: Columns = {
+    "origin": "i", "target": "i", "rank": "i", "unit": "i", "count": "i", "fraction": "f", "mean_shift": "f",
+    "mean_shift_when_top": "f",
+}
+
+COUNTERFACTUAL_FACTORS: Columns = {
+    "origin": "i", "target": "i", "factor": "str", "change": "f", "separation": "f", "rank_change": "i",
+    "rank_separation": "i",
+}
+
+COUNTERFACTUAL_METRICS = ("classifier", "items", "success_rate", "pairs")

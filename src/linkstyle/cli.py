@@ -36,6 +36,8 @@ STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
                 [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
     "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
                     [("classifier", str, "classifier name")]),
+    "counterfactual": ("Find feature shifts that make the rendered image change class, for every configured class pair, "
+                       "and what they change.", [("classifier", str, "classifier name")]),
     "report": ("Draw the figures and write report.html and summary.json.", []),
 }
 

@@ -47,8 +47,13 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "train_segmenter": ("seed", "generator", "classes", "measure.parts", "segmentation"),
     "measure": ("measure",),
     "selectivity": ("selectivity",),
+    "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
     "report": ("report",),
 }
+#: Format versions of stages whose artifacts changed shape: part of the stage's digest, so results
+#: made by an older linkstyle are rerun by Snakemake (and refused when read) instead of half-fitting.
+#: link 2: the link model holds the back map w -> r.
+STAGE_FORMATS: dict[str, int] = {"link": 2}
 
 
 class ConfigError(LinkstyleError, ValueError):
@@ -141,6 +146,36 @@ def _did_you_mean(given: list[str], valid: list[str]) -> str:
     return "; did you mean " + ", ".join(f"'{m}' for '{g}'" for g, m in pairs) + "?"
 
 
+#: ``counterfactual.pairs: all`` makes n * (n - 1) pairs; beyond this many classes, list them.
+MAX_CLASSES_FOR_ALL_PAIRS = 10
+
+
+def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
+    """Pairs given as indices are checked here; names need the generator and are checked by the stage."""
+    pairs = cfg["counterfactual"]["pairs"]
+    classes = cfg["classes"] if cfg["classes"] is not None else list(range(cfg["generator"]["num_classes"]))
+    if pairs == "all":
+        if len(classes) > MAX_CLASSES_FOR_ALL_PAIRS:
+            return [f"counterfactual.pairs: 'all' would make {len(classes) * (len(classes) - 1)} pairs of the "
+                    f"{len(classes)} analysed classes (at most {MAX_CLASSES_FOR_ALL_PAIRS} classes); list the pairs, "
+                    "e.g. [[207, 208], [208, 207]]"]
+        return []
+    problems = []
+    for i, pair in enumerate(pairs):
+        for end, value in zip(("origin", "target"), pair):
+            if isinstance(value, int) and value not in classes:
+                problems.append(f"counterfactual.pairs[{i}]: {end} class {value} is not among the analysed classes "
+                                f"{_short(classes)} (key 'classes')")
+        if pair[0] == pair[1]:
+            problems.append(f"counterfactual.pairs[{i}]: origin and target are both {pair[0]!r}; a counterfactual "
+                            "needs another class to reach")
+    return problems
+
+
+def _short(values: list[int], limit: int = 12) -> str:
+    return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
+
+
 def _check_cross_keys(cfg: dict[str, Any]) -> None:
     problems = []
     gen = cfg["generator"]
@@ -187,6 +222,7 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
             f"sample.first_seed: {smp['first_seed']} makes analysis seeds reach {last}, past 2^31 where "
             "training seeds begin; choose a smaller first_seed"
         )
+    problems += _counterfactual_problems(cfg)
     lo, hi = cfg["tune"]["percentiles"]
     if cfg["tune"]["bounds"] == "percentile" and not lo < hi:
         problems.append(f"tune.percentiles: lower ({lo}) must be below upper ({hi})")
@@ -308,6 +344,25 @@ class SelectivityConfig:
 
 
 @dataclass(frozen=True)
+class CounterfactualConfig:
+    pairs: str | tuple[tuple[int | str, int | str], ...]
+    samples_per_pair: int
+    logits_from: str
+    weight_target: float
+    weight_origin: float
+    weight_cosine: float
+    weight_other: float
+    cosine_halflife: float | None
+    l1: float
+    lr: float
+    max_steps: int
+    check_every: int
+    top_units: int
+    batch_size: int
+    images_per_pair: int
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     top_units: int
 
@@ -330,6 +385,7 @@ class Config:
     measure: MeasureConfig
     segmentation: SegmentationConfig
     selectivity: SelectivityConfig
+    counterfactual: CounterfactualConfig
     report: ReportConfig
     precision: str = "fp32"
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
@@ -346,21 +402,23 @@ class Config:
             f"unknown classifier '{name}'; configured: {', '.join(c.name for c in self.classifiers)}"
         )
 
-    def digest(self, *sections: str) -> str:
-        """Short hash of some sections (top-level keys, or ``section.key`` for one key of a section):
-        Snakemake params use it to rerun only what changed."""
+    def digest(self, *sections: str, format_version: int | None = None) -> str:
+        """Short hash of some sections (top-level keys, or ``section.key`` for one key of a section)
+        and of an artifact format version: Snakemake params use it to rerun only what changed."""
 
         def value(key: str) -> Any:
             head, _, tail = key.partition(".")
             section = self.raw.get(head)
             return section.get(tail) if tail and isinstance(section, Mapping) else section
 
-        payload = {s: value(s) for s in sorted(sections)}
+        payload: dict[str, Any] = {s: value(s) for s in sorted(sections)}
+        if format_version is not None:
+            payload["__format__"] = format_version
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_digest(self, stage: str) -> str:
         """The digest of the sections ``stage`` reads: its rule's param, and the record in its artifacts."""
-        return self.digest(*STAGE_SECTIONS[stage])
+        return self.digest(*STAGE_SECTIONS[stage], format_version=STAGE_FORMATS.get(stage))
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> Config:
@@ -390,6 +448,11 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         measure=MeasureConfig(**{**cfg["measure"], "parts": tuple(cfg["measure"]["parts"]) if cfg["measure"]["parts"] else None}),
         segmentation=SegmentationConfig(**cfg["segmentation"]),
         selectivity=SelectivityConfig(**cfg["selectivity"]),
+        counterfactual=CounterfactualConfig(**{
+            **cfg["counterfactual"],
+            "pairs": cfg["counterfactual"]["pairs"] if cfg["counterfactual"]["pairs"] == "all"
+            else tuple(tuple(p) for p in cfg["counterfactual"]["pairs"]),
+        }),
         report=ReportConfig(**cfg["report"]),
         raw=cfg,
     )

@@ -13,6 +13,24 @@ check that sees it succeed, or at ``max_steps``.
 
 Choices, and why:
 
+* **What the logits are taken of.** ``r`` has hundreds or thousands of units, ``w`` far fewer
+  dimensions: most directions of a shift leave ``w``, and so the image, unchanged, yet the
+  head reads them. Scored on ``r'`` itself (the paper's loss: neither ``back`` nor ``render``),
+  the optimiser finds such directions: the head soon says "target" while the rendering does
+  not change class, or lands in a third class. Two remedies:
+
+  - ``back = (B, b)``, a linear map ``w -> r`` fitted on the same samples
+    (``LinearLink.back``): the logits are the head's on ``r_hat = w(r') @ B + b``, the
+    features a rendering of ``w(r')`` is expected to have. Only the part of a shift that
+    changes ``w`` counts, at no extra cost; but the loss is then linear in ``w``, and where
+    the classes are not linearly separable in ``w`` its ray can pass into a third class.
+  - ``render(w) -> logits``, differentiable (generator, then classifier): the logits of the
+    image itself, the very thing the success check looks at. The dearest per step (a forward
+    and a backward pass through both networks, in chunks of ``render_batch`` items), and the
+    only one that follows the classifier's real, curved boundaries.
+
+  bench/bench_counterfactual.py measures the success and cost of all three side by side.
+
 * **Non-negativity in the loss, not only in the rendering.** The paper's code optimises
   ``r - d`` but renders ``relu(r - d)``, so the optimiser can "succeed" with negative
   features that no image can have. Here the loss sees the very ``r'`` that is rendered.
@@ -57,10 +75,13 @@ __all__ = [
     "driving_units",
     "find_counterfactuals",
     "find_counterfactuals_one_by_one",
+    "linear_head",
     "render_and_classify",
+    "rendered_logits",
 ]
 
 Check = Callable[[torch.Tensor], torch.Tensor]
+Render = Callable[[torch.Tensor], torch.Tensor]
 
 
 class CounterfactualError(LinkstyleError):
@@ -84,6 +105,8 @@ class CounterfactualSettings:
     weight_target: float = 1.0
     weight_origin: float = 0.6
     weight_cosine: float = 10.0
+    weight_other: float = 0.0
+    cosine_halflife: float | None = None
     l1: float = 0.0
     lr: float = 0.05
     max_steps: int = 200
@@ -96,13 +119,17 @@ class CounterfactualSettings:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        for name in ("weight_target", "weight_origin", "weight_cosine", "l1", "lr", "l0_tol", "eps"):
+        for name in ("weight_target", "weight_origin", "weight_cosine", "weight_other", "l1", "lr", "l0_tol", "eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise CounterfactualError(f"counterfactual setting {name} must be a finite number, got {value!r}")
-        for name in ("l1", "l0_tol"):
+        for name in ("weight_other", "l1", "l0_tol"):
             if getattr(self, name) < 0:
                 raise CounterfactualError(f"counterfactual setting {name} must be >= 0, got {getattr(self, name)}")
+        if self.cosine_halflife is not None and (isinstance(self.cosine_halflife, bool) or not isinstance(
+                self.cosine_halflife, (int, float)) or not self.cosine_halflife > 0):
+            raise CounterfactualError(f"counterfactual setting cosine_halflife must be a number > 0 or None, got "
+                                      f"{self.cosine_halflife!r}")
         if self.lr <= 0 or self.eps <= 0:
             raise CounterfactualError(f"counterfactual settings lr and eps must be > 0, got lr={self.lr}, eps={self.eps}")
         for name in ("beta1", "beta2"):
@@ -124,7 +151,10 @@ class CounterfactualResult:
     check (the head's prediction on ``r'`` when there is no ``check``). Logits and confidences
     (softmax probabilities) are the head's, on ``r`` and on ``r'``. ``cosine``: cos(w, w').
     ``top_units``: the units with the largest |shift|, largest first, -1 where fewer than
-    ``top_units`` units moved (|shift| <= l0_tol * scale).
+    ``top_units`` units moved (|shift| <= l0_tol * scale). ``logits_*`` are the loss's: the head's
+    on ``r``/``r'``, or on their back-mapped features with ``back``. ``conf_*`` are the rendered
+    images' (softmax of ``check``'s logits at step 0 and at the item's last check) when ``check``
+    returns logits, else softmax of ``logits_*``.
     """
 
     origin: torch.Tensor  # long [B]
@@ -180,6 +210,18 @@ def _as_tensor(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
 def _items(idx: torch.Tensor, limit: int = 8) -> str:
     shown = ", ".join(str(int(i)) for i in idx[:limit])
     return shown + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
+
+
+def _validate_back(back, units: int, w_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    if back is None:
+        return None
+    if not isinstance(back, (tuple, list)) or len(back) != 2:
+        raise CounterfactualError("back must be a pair (back_coef [w_dim, units], back_intercept [units]) or None")
+    b_coef, b_int = _as_tensor(back[0], "back_coef"), _as_tensor(back[1], "back_intercept")
+    if tuple(b_coef.shape) != (w_dim, units) or tuple(b_int.shape) != (units,):
+        raise CounterfactualError(f"back map must have shapes [w_dim={w_dim}, units={units}] and [units={units}], got "
+                                  f"{tuple(b_coef.shape)} and {tuple(b_int.shape)}: it was fitted to another link")
+    return b_coef, b_int
 
 
 def _validate(r, origin, target, head, coef, intercept, settings):
@@ -243,21 +285,34 @@ def find_counterfactuals(
     intercept: torch.Tensor | np.ndarray,
     check: Check | None = None,
     settings: CounterfactualSettings | None = None,
+    back: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
+    render: Render | None = None,
+    render_batch: int = 64,
 ) -> CounterfactualResult:
     """Counterfactuals for B items at once: ``r`` [B, U] features, ``origin``/``target`` long [B].
 
-    ``check(w [n, w_dim] float32) -> classes long [n]`` (or logits [n, C]) renders ``w`` and
+    ``check(w [n, w_dim] float32) -> logits [n, C]`` (or classes long [n]) renders ``w`` and
     classifies the images; it is called on the items still running only, at step 0 and every
-    ``check_every`` steps (and at ``max_steps``). ``None`` uses the head's prediction on ``r'``.
-    Runs on the head's device; deterministic (no randomness).
+    ``check_every`` steps (and at ``max_steps``). ``None`` uses the loss's prediction on ``r'``.
+    ``back``: ``(back_coef [w_dim, U], back_intercept [U])`` scores the shift through the back
+    map; ``render``: ``w [n, w_dim] float32 -> logits [n, C]``, differentiable, scores the
+    rendered image itself, ``render_batch`` items per forward/backward pass (module docs).
+    Neither: the paper's loss on ``r'``. Runs on the head's device; deterministic.
     """
     settings = CounterfactualSettings() if settings is None else settings
     r, origin, target, coef, intercept = _validate(r, origin, target, head, coef, intercept, settings)
+    back = _validate_back(back, head.in_features, coef.shape[1])
+    if back is not None and render is not None:
+        raise CounterfactualError("give back (the back map) or render (the rendered image's logits), not both")
+    if render is not None and not callable(render):
+        raise CounterfactualError(f"render must be a callable w -> logits, got {type(render).__name__}")
+    if isinstance(render_batch, bool) or not isinstance(render_batch, (int, np.integer)) or render_batch < 1:
+        raise CounterfactualError(f"render_batch must be an integer >= 1, got {render_batch!r}")
     device_type = head.weight.device.type
     # Autograd even inside a stage's inference_mode; float64 even inside a stage's autocast
     # (``check`` may turn autocast back on for rendering and classifying).
     with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
-        return _search(r, origin, target, head, coef, intercept, check, settings)
+        return _search(r, origin, target, head, coef, intercept, check, settings, back, render, int(render_batch))
 
 
 def find_counterfactuals_one_by_one(
@@ -269,18 +324,23 @@ def find_counterfactuals_one_by_one(
     intercept: torch.Tensor | np.ndarray,
     check: Check | None = None,
     settings: CounterfactualSettings | None = None,
+    back: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
+    render: Render | None = None,
+    render_batch: int = 64,
 ) -> CounterfactualResult:
     """The same search, one item at a time (the baseline the batched search is measured against)."""
     settings = CounterfactualSettings() if settings is None else settings
     r, origin, target, coef, intercept = _validate(r, origin, target, head, coef, intercept, settings)
     if len(r) == 0:
-        return find_counterfactuals(r, origin, target, head, coef, intercept, check, settings)
-    parts = [find_counterfactuals(r[i : i + 1], origin[i : i + 1], target[i : i + 1], head, coef, intercept, check, settings)
+        return find_counterfactuals(r, origin, target, head, coef, intercept, check, settings, back, render, render_batch)
+    parts = [find_counterfactuals(r[i : i + 1], origin[i : i + 1], target[i : i + 1], head, coef, intercept, check,
+                                  settings, back, render, render_batch)
              for i in range(len(r))]
     return CounterfactualResult.concat(parts)
 
 
-def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSettings) -> CounterfactualResult:
+def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSettings, back, render,
+            render_batch: int) -> CounterfactualResult:
     dev = head.weight.device
     f64 = torch.float64
     weight = head.weight.detach().to(dev, f64).clone()
@@ -290,7 +350,20 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
     r = r.detach().to(dev, f64).clone()
     origin, target = origin.to(dev), target.to(dev)
     n, units = r.shape
+    classes = weight.shape[0]
     relu = _relu if s.nonnegative else (lambda x: x)
+    if render is not None:
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return render(wp.float()).double()
+    elif back is None:
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return rp @ weight.T + bias
+    else:  # the head on the back-mapped features, folded into one affine map of w
+        w_head = back[0].detach().to(dev, f64) @ weight.T
+        b_head = back[1].detach().to(dev, f64) @ weight.T + bias
+
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return wp @ w_head + b_head
 
     w0 = r @ coef + intercept
     scale = r.abs().mean(1)
@@ -302,19 +375,25 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
     success = torch.zeros(n, dtype=torch.bool, device=dev)
     steps = torch.full((n,), s.max_steps, dtype=torch.long, device=dev)
     pred = torch.full((n,), -1, dtype=torch.long, device=dev)
+    rendered_p = torch.full((n, 2), float("nan"), dtype=f64, device=dev)  # rendered p(origin), p(target)
+    rendered_p_before = rendered_p.clone()
 
     def predict(idx: torch.Tensor) -> torch.Tensor:
         rp = relu(r[idx] - d[idx])
+        wp = rp @ coef + intercept
         if check is None:
-            return (rp @ weight.T + bias).argmax(1)
+            return score(rp, wp).argmax(1)
         with torch.no_grad():
-            out = check((rp @ coef + intercept).float())
+            out = check(wp.float())
         out = torch.as_tensor(out).to(dev)
-        if out.ndim == 2:
+        if out.ndim == 2 and out.shape == (len(idx), classes):
+            prob = out.double().softmax(1)
+            rendered_p[idx] = torch.stack([prob.gather(1, origin[idx, None])[:, 0],
+                                           prob.gather(1, target[idx, None])[:, 0]], 1)
             out = out.argmax(1)
         if out.shape != (len(idx),):
-            raise CounterfactualError(f"check must return one class per w (shape [{len(idx)}]) or logits "
-                                      f"[{len(idx)}, classes], got {tuple(out.shape)}")
+            raise CounterfactualError(f"check must return logits [{len(idx)}, {classes}] or one class per w "
+                                      f"(shape [{len(idx)}]), got {tuple(out.shape)}")
         return out.long()
 
     def record(idx: torch.Tensor, step: int) -> None:
@@ -329,18 +408,50 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
     if n:
         record(everyone, 0)
     pred_before = pred.clone()
+    rendered_p_before.copy_(rendered_p)
+    def gradient(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """d loss / d shift of items ``idx`` (a sum of per-item terms, so chunks are exact), and the
+        loss's logits at the current shift (detached)."""
+        grads, seen = [], []
+        weight_cosine = s.weight_cosine * (0.5 ** ((step - 1) / s.cosine_halflife) if s.cosine_halflife else 1.0)
+        chunk = render_batch if render is not None else max(len(idx), 1)
+        for part in idx.split(chunk):
+            da = d[part].requires_grad_(True)
+            rp = relu(r[part] - da)
+            wp = rp @ coef + intercept
+            logits = score(rp, wp)
+            cos = F.cosine_similarity(wp, w0[part], dim=1, eps=1e-12)
+            loss = (-s.weight_target * logits.gather(1, target[part, None])[:, 0]
+                    + s.weight_origin * logits.gather(1, origin[part, None])[:, 0]
+                    - weight_cosine * cos)
+            if s.weight_other > 0 and classes > 2:  # the strongest class other than origin and target
+                others = logits.scatter(1, torch.stack([origin[part], target[part]], 1), float("-inf"))
+                loss = loss + s.weight_other * others.max(1).values
+            loss = loss.sum()
+            grads.append(torch.autograd.grad(loss, da)[0])
+            seen.append(logits.detach())
+        return torch.cat(grads), torch.cat(seen)
+
     for step in range(1, s.max_steps + 1):
         idx = everyone[~done]
         if len(idx) == 0:
             break
-        da = d[idx].requires_grad_(True)
-        rp = relu(r[idx] - da)
-        logits = rp @ weight.T + bias
-        cos = F.cosine_similarity(rp @ coef + intercept, w0[idx], dim=1, eps=1e-12)
-        loss = (-s.weight_target * logits.gather(1, target[idx, None])[:, 0]
-                + s.weight_origin * logits.gather(1, origin[idx, None])[:, 0]
-                - s.weight_cosine * cos).sum()
-        (grad,) = torch.autograd.grad(loss, da)
+        grad, seen = gradient(idx, step)
+        if render is not None:
+            # The loss has just rendered and classified every running item at its current shift
+            # (after step - 1 updates): a free check at every step, which stops an item the
+            # moment its image shows the target instead of letting it overshoot to the next check.
+            hit = seen.argmax(1) == target[idx]
+            if bool(hit.any()):
+                won = idx[hit]
+                prob = seen[hit].softmax(1)
+                rendered_p[won] = torch.stack([prob.gather(1, origin[won, None])[:, 0],
+                                               prob.gather(1, target[won, None])[:, 0]], 1)
+                pred[won], success[won], done[won], steps[won] = target[won], True, True, step - 1
+                idx, grad = idx[~hit], grad[~hit]
+                if len(idx) == 0:
+                    continue
+        da = d[idx]
         with torch.no_grad():
             m1[idx] = m1_i = s.beta1 * m1[idx] + (1 - s.beta1) * grad
             m2[idx] = m2_i = s.beta2 * m2[idx] + (1 - s.beta2) * grad * grad
@@ -358,10 +469,15 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
         r_after = relu(r - d)
         shift = r - r_after
         w_after = r_after @ coef + intercept
-        logits_before = r @ weight.T + bias
-        logits_after = r_after @ weight.T + bias
+        logits_before = torch.cat([score(r[i], w0[i]) for i in everyone.split(render_batch)]) if n else score(r, w0)
+        logits_after = torch.cat([score(r_after[i], w_after[i]) for i in everyone.split(render_batch)]) if n else score(r_after, w_after)
         p_before, p_after = logits_before.softmax(1), logits_after.softmax(1)
         rows = everyone
+        conf = {"conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],
+                "conf_target_before": p_before[rows, target], "conf_target_after": p_after[rows, target]}
+        if n and not bool(torch.isnan(rendered_p).any()):  # check gave logits: the rendered images' confidences
+            conf = {"conf_origin_before": rendered_p_before[:, 0], "conf_origin_after": rendered_p[:, 0],
+                    "conf_target_before": rendered_p_before[:, 1], "conf_target_after": rendered_p[:, 1]}
         moved = shift.abs() > s.l0_tol * scale[:, None]
         k = min(s.top_units, units)
         order = torch.sort(shift.abs(), dim=1, descending=True, stable=True).indices[:, :k]
@@ -370,9 +486,7 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
             "origin": origin, "target": target, "shift": shift, "success": success, "steps": steps, "r_after": r_after,
             "w_before": w0, "w_after": w_after,
             "cosine": F.cosine_similarity(w_after, w0, dim=1, eps=1e-12),
-            "logits_before": logits_before, "logits_after": logits_after,
-            "conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],
-            "conf_target_before": p_before[rows, target], "conf_target_after": p_after[rows, target],
+            "logits_before": logits_before, "logits_after": logits_after, **conf,
             "pred_before": pred_before, "pred_after": pred,
             "l1": shift.abs().sum(1), "l0": moved.sum(1), "top_units": top,
         }
@@ -386,24 +500,71 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
 
 def render_and_classify(generator, classifier: nn.Module, batch_size: int = 256, precision: str = "fp32") -> Check:
     """A ``check`` for :func:`find_counterfactuals`: ``w`` -> ``generator.synthesize`` -> the
-    classifier's predicted class, in batches of ``batch_size`` (halved on CUDA out-of-memory),
+    classifier's logits (float32, on the CPU), in batches of ``batch_size`` (halved on CUDA out-of-memory),
     on the device of ``w`` (the head's: keep generator, classifier and head together), under
     the workflow's ``precision`` ('fp32', 'bf16', 'fp16')."""
     from .runtime import autocast, run_batched
 
     @torch.inference_mode()
     def check(w: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(w), dtype=torch.long)
+        out = torch.empty(len(w), classifier.num_classes, dtype=torch.float32)
 
         def step(sl: slice) -> None:
             with autocast(w.device, precision):
                 logits = classifier(generator.synthesize(w[sl]))
-            out[sl] = logits.float().argmax(1).cpu()
+            out[sl] = logits.float().cpu()
 
         run_batched(len(w), batch_size, step, setting="counterfactual batch_size")
         return out
 
     return check
+
+
+def linear_head(classifier: nn.Module, rtol: float = 1e-4) -> nn.Linear:
+    """The classifier's last layer as an ``nn.Linear``: its ``fc`` where that is one (every
+    torchvision/timm/demo classifier), else recovered from its ``head(r)`` (a scripted module)
+    by probing it at 0 and at each unit vector, then checked on random features: a head that
+    is not affine in ``r`` (an MLP, a normalisation) is refused, since the loss assumes one."""
+    fc = getattr(classifier, "fc", None)
+    if isinstance(fc, nn.Linear):
+        return fc
+    head = getattr(classifier, "head", None)
+    name = getattr(classifier, "name", type(classifier).__name__)
+    units, classes = getattr(classifier, "num_units", None), getattr(classifier, "num_classes", None)
+    if not callable(head) or not isinstance(units, int) or not isinstance(classes, int):
+        raise CounterfactualError(f"classifier '{name}' exposes no linear head (an nn.Linear 'fc', or head(r) with "
+                                  "num_units and num_classes); counterfactuals need the last layer's weights")
+    device = next((t.device for t in [*classifier.parameters(), *classifier.buffers()]), torch.device("cpu"))
+    with torch.no_grad():
+        probe = torch.cat([torch.zeros(1, units), torch.eye(units)]).to(device)
+        out = torch.cat([head(probe[i : i + 1024]).float() for i in range(0, len(probe), 1024)])
+        if out.shape != (units + 1, classes):
+            raise CounterfactualError(f"classifier '{name}': head(r) returned shape {tuple(out.shape[1:])} per row, "
+                                      f"expected [{classes}] logits")
+        bias, weight = out[0], (out[1:] - out[0]).T
+        r = torch.rand(8, units, generator=torch.Generator().manual_seed(0)).to(device) * 2
+        got, want = head(r).float(), r @ weight.T + bias
+        err = float((got - want).abs().max())
+        if not err <= rtol * max(1.0, float(got.abs().max())):
+            raise CounterfactualError(f"classifier '{name}': head(r) is not a linear layer (off by up to {err:.3g} from "
+                                      "the affine map through its probes); counterfactuals need a linear last layer")
+    linear = nn.Linear(units, classes).to(device)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
+    return linear.requires_grad_(False)
+
+
+def rendered_logits(generator, classifier: nn.Module, precision: str = "fp32") -> Render:
+    """A differentiable ``render`` for :func:`find_counterfactuals`: ``w`` -> image -> the classifier's logits
+    (float32), under the workflow's ``precision``; keep ``w``, generator and classifier on one device."""
+    from .runtime import autocast
+
+    def render(w: torch.Tensor) -> torch.Tensor:
+        with autocast(w.device, precision):
+            return classifier(generator.synthesize(w)).float()
+
+    return render
 
 
 def driving_units(shifts: torch.Tensor | np.ndarray, top_k: int = 10) -> pd.DataFrame:

@@ -7,38 +7,68 @@ fold serves every penalty), so fitting takes seconds even for thousands of units
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class LinearLink:
-    """``w = r @ coef + intercept``; ``coef`` is [units, w_dim] in the raw units of ``r``."""
+    """``w = r @ coef + intercept``; ``coef`` is [units, w_dim] in the raw units of ``r``.
+
+    ``back_coef`` [w_dim, units] and ``back_intercept`` [units], when fitted, map the other way,
+    ``r_hat = w @ back_coef + back_intercept``: the features a rendering of ``w`` is expected to
+    have. Counterfactuals score a shift through it (r -> w -> r_hat -> logits), so that only the
+    part of a shift that changes the image can change the class (see counterfactual.py).
+    """
 
     coef: np.ndarray
     intercept: np.ndarray
     method: str
     alpha: float = 0.0
+    back_coef: np.ndarray | None = None
+    back_intercept: np.ndarray | None = None
+    back_alpha: float = 0.0
 
     def __call__(self, r: np.ndarray) -> np.ndarray:
         return r @ self.coef + self.intercept
 
+    def back(self, w: np.ndarray) -> np.ndarray:
+        """The features expected of a rendering of ``w``."""
+        if self.back_coef is None or self.back_intercept is None:
+            raise ValueError("this link has no back map w -> r (fit one with with_back)")
+        return w @ self.back_coef + self.back_intercept
+
+    def with_back(self, back: "LinearLink") -> "LinearLink":
+        """This link with ``back`` (a map fitted from w to r) as its back map."""
+        if back.coef.shape != self.coef.shape[::-1]:
+            raise ValueError(f"back map has shape {back.coef.shape}, expected {self.coef.shape[::-1]} (w_dim, units)")
+        return replace(self, back_coef=back.coef, back_intercept=back.intercept, back_alpha=back.alpha)
+
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        arrays = {
             "coef": self.coef.astype(np.float32),
             "intercept": self.intercept.astype(np.float32),
             "method": np.array(self.method),
             "alpha": np.array(self.alpha, dtype=np.float64),
         }
+        if self.back_coef is not None and self.back_intercept is not None:
+            arrays["back_coef"] = self.back_coef.astype(np.float32)
+            arrays["back_intercept"] = self.back_intercept.astype(np.float32)
+            arrays["back_alpha"] = np.array(self.back_alpha, dtype=np.float64)
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "LinearLink":
+        has_back = "back_coef" in arrays and "back_intercept" in arrays
         return cls(
             coef=arrays["coef"].astype(np.float32),
             intercept=arrays["intercept"].astype(np.float32),
             method=str(arrays["method"]),
             alpha=float(arrays["alpha"]),
+            back_coef=arrays["back_coef"].astype(np.float32) if has_back else None,
+            back_intercept=arrays["back_intercept"].astype(np.float32) if has_back else None,
+            back_alpha=float(arrays["back_alpha"]) if has_back and "back_alpha" in arrays else 0.0,
         )
 
 

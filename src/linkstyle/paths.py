@@ -73,6 +73,25 @@ class RunPaths:
         """Built-in world only: how often labels name the ground-truth factor that changed."""
         return self._p("selectivity", clf, "recovery.parquet")
 
+    def counterfactual_items(self, clf: object) -> Path:
+        """One row per (start sample, target) item: success, steps, size of the shift, confidences."""
+        return self._p("counterfactual", clf, "items.parquet")
+
+    def counterfactual_arrays(self, clf: object) -> Path:
+        """Shifts, w before and after, and the stored images (original and counterfactual)."""
+        return self._p("counterfactual", clf, "arrays.npz")
+
+    def counterfactual_drivers(self, clf: object) -> Path:
+        """Per pair: the units most often among the top shifted units of its successful items."""
+        return self._p("counterfactual", clf, "drivers.parquet")
+
+    def counterfactual_factors(self, clf: object) -> Path:
+        """Built-in world: per pair, how each ground-truth factor changed vs how it separates the species."""
+        return self._p("counterfactual", clf, "factors.parquet")
+
+    def counterfactual_metrics(self, clf: object) -> Path:
+        return self._p("counterfactual", clf, "metrics.json")
+
     @property
     def labels_dir(self) -> Path:
         """Images exported for labelling (images/, truth/ on the built-in world, manifest.json)."""

@@ -8,6 +8,11 @@ rule report:
         [PATHS.selectivity_population(c) for c in CLASSIFIERS],
         [PATHS.selectivity_recovery(c) for c in CLASSIFIERS],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
+        [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_arrays(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_factors(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_metrics(c) for c in CLASSIFIERS],
     output:
         report=PATHS.report,
         summary=PATHS.summary,

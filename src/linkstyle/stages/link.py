@@ -62,6 +62,10 @@ def run_link(ctx: Context, name: str) -> None:
     links["ridge"], cv_scores = fit_ridge_cv(
         r[train], w[train], cfg.link.ridge_alphas, cfg.link.cv_folds, seed=derive(cfg.seed, "link", name) % 2**32
     )
+    # The back map w -> r (for counterfactuals): ridge too, cross-validated on the same folds' seed.
+    back, back_cv = fit_ridge_cv(
+        w[train], r[train], cfg.link.ridge_alphas, cfg.link.cv_folds, seed=derive(cfg.seed, "link", name, "back") % 2**32
+    )
     test_idx = np.flatnonzero(~train)
     cycle_idx = test_idx[: cfg.link.cycle_samples]
     cls = table["cls"].to_numpy()
@@ -88,8 +92,14 @@ def run_link(ctx: Context, name: str) -> None:
                 "cycle_samples": int(len(cycle_idx)),
             },
         }
+    metrics["back"] = {
+        "alpha": back.alpha,
+        "cv_r2": {str(a): v for a, v in back_cv.items()},
+        "train_r2": r2_score(r[train], back(w[train])),
+        "test_r2": r2_score(r[~train], back(w[~train])),
+    }
     made = ctx.origin("link", classifier=name)
-    write_npz(paths.link_model(name), made, **links[cfg.link.method].to_arrays())
+    write_npz(paths.link_model(name), made, **links[cfg.link.method].with_back(back).to_arrays())
     write_json(metrics, paths.link_metrics(name), made)
     ctx.wrote(paths.link_model(name), paths.link_metrics(name))
 

@@ -1,0 +1,313 @@
+"""Counterfactuals per classifier: for each (origin, target) pair, shifts of ``r`` that make the
+rendered image change class, and what they change (docs/counterfactuals.md).
+
+Start samples are held-out samples of the origin class first (the link never saw them), then
+training ones, kept only where the linked re-rendering ``w(r)`` is itself classified as the
+origin: otherwise a "counterfactual" would be measuring the link's error, not a shift. Every
+target of one origin starts from the same samples, so pairs compare like with like.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..artifacts import (
+    COUNTERFACTUAL_ARRAYS,
+    COUNTERFACTUAL_DRIVERS,
+    COUNTERFACTUAL_FACTORS,
+    COUNTERFACTUAL_ITEMS,
+    COUNTERFACTUAL_METRICS,
+)
+from ..config import Config, CounterfactualConfig
+from ..counterfactual import (
+    CounterfactualError,
+    CounterfactualResult,
+    CounterfactualSettings,
+    driving_units,
+    find_counterfactuals,
+    linear_head,
+    render_and_classify,
+    rendered_logits,
+)
+from ..io import read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
+from ..runtime import autocast, run_batched
+from .context import Context
+from .link import load_link, read_select
+
+log = logging.getLogger("linkstyle")
+
+#: Candidate start samples rendered per origin class, as a multiple of samples_per_pair: enough to
+#: replace the few whose re-rendering leaves the class, without rendering every sample of a class.
+CANDIDATES_PER_START = 4
+
+
+def settings_of(cc: CounterfactualConfig) -> CounterfactualSettings:
+    return CounterfactualSettings(
+        weight_target=cc.weight_target, weight_origin=cc.weight_origin, weight_cosine=cc.weight_cosine,
+        weight_other=cc.weight_other, cosine_halflife=cc.cosine_halflife, l1=cc.l1,
+        lr=cc.lr, max_steps=cc.max_steps, check_every=cc.check_every, top_units=cc.top_units,
+    )
+
+
+def resolve_pairs(cfg: Config, class_names: tuple[str, ...]) -> list[tuple[int, int]]:
+    """``counterfactual.pairs`` as class indices; names are looked up in the generator's class names."""
+    classes = list(cfg.classes)
+    if cfg.counterfactual.pairs == "all":
+        return [(o, t) for o in classes for t in classes if o != t]
+    lookup = {name: i for i, name in enumerate(class_names)}
+    lower = {name.lower(): i for i, name in enumerate(class_names)}
+
+    def index(value: int | str, where: str) -> int:
+        if isinstance(value, int):
+            return value
+        found = lookup.get(value, lower.get(value.lower()))
+        if found is None:
+            import difflib
+
+            close = difflib.get_close_matches(value, class_names, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
+            raise CounterfactualError(f"{where}: unknown class name {value!r}; the generator's classes are {shown}{hint}")
+        if found not in classes:
+            raise CounterfactualError(f"{where}: class {value!r} (index {found}) is not among the analysed classes "
+                                      f"(key 'classes')")
+        return found
+
+    pairs = []
+    for i, (o, t) in enumerate(cfg.counterfactual.pairs):
+        pair = (index(o, f"counterfactual.pairs[{i}] origin"), index(t, f"counterfactual.pairs[{i}] target"))
+        if pair[0] == pair[1]:
+            raise CounterfactualError(f"counterfactual.pairs[{i}]: {o!r} and {t!r} are the same class ({pair[0]})")
+        pairs.append(pair)
+    return list(dict.fromkeys(pairs))
+
+
+@dataclass(frozen=True)
+class Starts:
+    """Per origin class: rows of the select arrays to start from, and how many candidates were seen."""
+
+    rows: dict[int, np.ndarray]
+    candidates: dict[int, int]
+
+
+def choose_starts(table: pd.DataFrame, r: np.ndarray, link, check, origins: list[int], per_class: int) -> Starts:
+    """The first ``per_class`` samples of each origin class (test split first, then train, by seed)
+    whose linked re-rendering is classified as that class."""
+    rows, seen = {}, {}
+    for o in origins:
+        mine = table[table["cls"] == o]
+        order = mine.assign(_test=mine["split"] != "test").sort_values(["_test", "seed"], kind="stable").index.to_numpy()
+        cand = order[: CANDIDATES_PER_START * per_class]
+        if len(cand) == 0:
+            raise CounterfactualError(f"no selected samples of class {o} to start from: the classifier got none of its "
+                                      "samples right (see the select stage)")
+        w = torch.from_numpy(link(r[cand]).astype(np.float32))
+        keep = cand[np.asarray(check(w)).argmax(1) == o]
+        rows[o], seen[o] = keep[:per_class], len(cand)
+        if len(keep) == 0:
+            raise CounterfactualError(f"class {o}: none of {len(cand)} start samples keeps its class when re-rendered "
+                                      "through the link; the link is too poor for counterfactuals (see link metrics)")
+    return Starts(rows, seen)
+
+
+@torch.inference_mode()
+def render_uint8(ctx: Context, w: np.ndarray) -> np.ndarray:
+    """Images [N, H, W, 3] uint8 of ``w``, batched."""
+    gen, batch = ctx.generator, ctx.cfg.generator.batch_size
+    out: list[np.ndarray] = []
+
+    def step(sl: slice) -> None:
+        with autocast(ctx.device, ctx.cfg.precision):
+            img = gen.synthesize(torch.from_numpy(w[sl]).to(ctx.device)).float()
+        out.append(((img.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+
+    run_batched(len(w), batch, step, setting="generator.batch_size")
+    return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def factor_table(gen, res: CounterfactualResult, w_class: dict[int, np.ndarray],
+                 pairs: list[tuple[int, int]]) -> tuple[pd.DataFrame, dict[tuple[int, int], dict[str, float]]]:
+    """Ground truth: per pair, the mean change of each factor over successful items, against the
+    factors' separation of the two species (mean over target samples minus origin samples)."""
+    names = tuple(gen.factor_names)
+    with torch.inference_mode():
+        before = gen.factors(res.w_before.to(gen.proto.device)).double().cpu().numpy()
+        after = gen.factors(res.w_after.to(gen.proto.device)).double().cpu().numpy()
+        mean_of = {c: gen.factors(torch.from_numpy(w).to(gen.proto.device)).double().cpu().numpy().mean(0)
+                   for c, w in w_class.items()}
+    rows, agreement = [], {}
+    origin, target, success = res.origin.numpy(), res.target.numpy(), res.success.numpy()
+    for o, t in pairs:
+        mine = (origin == o) & (target == t) & success
+        change = (after[mine] - before[mine]).mean(0) if mine.any() else np.full(len(names), np.nan)
+        separation = mean_of[t] - mean_of[o]
+        rank_c = _ranks(-np.abs(change))
+        rank_s = _ranks(-np.abs(separation))
+        rows += [{"origin": o, "target": t, "factor": f, "change": change[i], "separation": separation[i],
+                  "rank_change": rank_c[i], "rank_separation": rank_s[i]} for i, f in enumerate(names)]
+        agreement[(o, t)] = factor_agreement(change, separation)
+    columns = list(COUNTERFACTUAL_FACTORS)
+    return pd.DataFrame(rows, columns=columns), agreement
+
+
+def factor_agreement(change: np.ndarray, separation: np.ndarray, k: int = 3) -> dict[str, float]:
+    """Cosine of the mean factor change with the species' separation, and the overlap of their top-k factors."""
+    if not np.isfinite(change).all():
+        return {"factor_cosine": float("nan"), "top_factor_overlap": float("nan")}
+    norm = np.linalg.norm(change) * np.linalg.norm(separation)
+    top_c = set(np.argsort(-np.abs(change), kind="stable")[:k])
+    top_s = set(np.argsort(-np.abs(separation), kind="stable")[:k])
+    return {"factor_cosine": float(change @ separation / norm) if norm > 0 else float("nan"),
+            "top_factor_overlap": len(top_c & top_s) / k}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """1 = the largest |value|; NaN last."""
+    order = np.argsort(np.where(np.isfinite(x), x, np.inf), kind="stable")
+    ranks = np.empty(len(x), dtype=np.int64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    return ranks
+
+
+def run_counterfactual(ctx: Context, name: str) -> None:
+    cfg, paths, cc = ctx.cfg, ctx.paths, ctx.cfg.counterfactual
+    settings = settings_of(cc)
+    table, arrays = read_select(ctx, name)
+    r = arrays["r"].astype(np.float32)
+    link = load_link(ctx, name, dims={"units": r.shape[1], "w_dim": arrays["w"].shape[1]})
+    if cc.logits_from == "back_map" and (link.back_coef is None or link.back_intercept is None):
+        raise CounterfactualError(f"{paths.link_model(name)} has no back map w -> r (made by an older linkstyle): "
+                                  f"rerun the link stage (snakemake --forcerun link)")
+    gen, clf = ctx.generator, ctx.classifier(name)
+    # Every check fails here, before any rendering or optimisation: names, pairs, head.
+    pairs = resolve_pairs(cfg, tuple(gen.class_names))
+    head = linear_head(clf)
+    if head.in_features != r.shape[1]:
+        raise CounterfactualError(f"classifier '{name}': its head takes {head.in_features} features but the selected "
+                                  f"samples have {r.shape[1]}; rerun extract and select")
+    check = render_and_classify(gen, clf, cfg.generator.batch_size, cfg.precision)
+    origins = sorted({o for o, _ in pairs})
+    starts = choose_starts(table, r, link, check, origins, cc.samples_per_pair)
+
+    rows = np.concatenate([starts.rows[o] for o, t in pairs]).astype(np.int64)
+    origin = np.concatenate([np.full(len(starts.rows[o]), o) for o, t in pairs]).astype(np.int64)
+    target = np.concatenate([np.full(len(starts.rows[o]), t) for o, t in pairs]).astype(np.int64)
+    dev = ctx.device
+    head = head.to(dev)
+    back = render = None
+    if cc.logits_from == "back_map":
+        back = tuple(torch.from_numpy(b).to(dev) for b in (link.back_coef, link.back_intercept))
+    elif cc.logits_from == "rendering":
+        clf.requires_grad_(False)  # gradients flow to the shift only
+        render = rendered_logits(gen, clf, cfg.precision)
+    parts = []
+    for lo in range(0, len(rows), cc.batch_size):
+        sl = slice(lo, lo + cc.batch_size)
+        parts.append(find_counterfactuals(
+            torch.from_numpy(r[rows[sl]]).to(dev), torch.from_numpy(origin[sl]).to(dev), torch.from_numpy(target[sl]).to(dev),
+            head, torch.from_numpy(link.coef).to(dev), torch.from_numpy(link.intercept).to(dev), check, settings,
+            back=back, render=render, render_batch=cfg.generator.batch_size,
+        ))
+    res = CounterfactualResult.concat(parts)
+    log.info("%s: %d counterfactuals over %d pairs, success %.2f", name, len(res), len(pairs), res.success_rate)
+
+    before = render_uint8(ctx, res.w_before.numpy())
+    after = render_uint8(ctx, res.w_after.numpy())
+    distance = np.abs(after.astype(np.float32) - before.astype(np.float32)).mean((1, 2, 3)) / 255.0
+    image_item = np.concatenate([np.flatnonzero((origin == o) & (target == t))[: cc.images_per_pair] for o, t in pairs])
+    image_of = np.full(len(res), -1, dtype=np.int64)
+    image_of[image_item] = np.arange(len(image_item))
+
+    names = tuple(gen.class_names)
+    top = res.top_units.numpy()
+    items = pd.DataFrame({
+        "item": np.arange(len(res)), "origin": origin, "target": target,
+        "origin_name": [names[o] for o in origin], "target_name": [names[t] for t in target],
+        "seed": table["seed"].to_numpy()[rows], "split": table["split"].to_numpy()[rows],
+        "success": res.success.numpy(), "steps": res.steps.numpy(), "l1": res.l1.numpy(),
+        "l1_relative": res.l1.numpy() / np.maximum(np.abs(r[rows]).sum(1), 1e-12), "l0": res.l0.numpy(),
+        "cosine": res.cosine.numpy(), "image_distance": distance,
+        "conf_origin_before": res.conf_origin_before.numpy(), "conf_origin_after": res.conf_origin_after.numpy(),
+        "conf_target_before": res.conf_target_before.numpy(), "conf_target_after": res.conf_target_after.numpy(),
+        "pred_before": res.pred_before.numpy(), "pred_after": res.pred_after.numpy(),
+        "top_units": [",".join(str(u) for u in row if u >= 0) for row in top], "image": image_of,
+    }, columns=list(COUNTERFACTUAL_ITEMS))
+
+    drivers = []
+    for o, t in pairs:
+        mine = (origin == o) & (target == t) & res.success.numpy()
+        d = driving_units(res.shift.numpy()[mine], cc.top_units)
+        drivers.append(d.assign(origin=o, target=t, rank=np.arange(1, len(d) + 1)))
+    drivers_table = pd.concat(drivers, ignore_index=True)[list(COUNTERFACTUAL_DRIVERS)] if drivers else \
+        pd.DataFrame({c: pd.Series(dtype="float64") for c in COUNTERFACTUAL_DRIVERS})
+    drivers_table = drivers_table.astype({"origin": "int64", "target": "int64", "rank": "int64", "unit": "int64",
+                                          "count": "int64"})
+
+    agreement: dict[tuple[int, int], dict[str, float]] = {}
+    if callable(getattr(gen, "factors", None)) and hasattr(gen, "factor_names"):
+        w_all, cls_all = arrays["w"], table["cls"].to_numpy()
+        w_class = {c: w_all[cls_all == c] for c in {c for pair in pairs for c in pair}}
+        factors, agreement = factor_table(gen, res, w_class, pairs)
+    else:
+        factors = pd.DataFrame({c: pd.Series(dtype="str" if k == "str" else "float64") for c, k in COUNTERFACTUAL_FACTORS.items()})
+
+    metrics = summarise(name, cfg, items, pairs, starts, agreement, names)
+    made = ctx.origin("counterfactual", classifier=name)
+    write_npz(paths.counterfactual_arrays(name), made, item=np.arange(len(res)), shift=res.shift.numpy(),
+              w_before=res.w_before.numpy(), w_after=res.w_after.numpy(), top_units=top, image_item=image_item,
+              images_before=before[image_item], images_after=after[image_item])
+    write_parquet(items, paths.counterfactual_items(name), made)
+    write_parquet(drivers_table, paths.counterfactual_drivers(name), made)
+    write_parquet(factors, paths.counterfactual_factors(name), made)
+    write_json(metrics, paths.counterfactual_metrics(name), made)
+    ctx.wrote(paths.counterfactual_items(name), paths.counterfactual_arrays(name), paths.counterfactual_drivers(name),
+              paths.counterfactual_factors(name), paths.counterfactual_metrics(name))
+
+
+def summarise(name: str, cfg: Config, items: pd.DataFrame, pairs: list[tuple[int, int]], starts: Starts,
+              agreement: dict[tuple[int, int], dict[str, float]], names: tuple[str, ...]) -> dict[str, Any]:
+    def median(x: pd.Series) -> float | None:
+        return float(x.median()) if len(x) else None
+
+    per_pair = []
+    for o, t in pairs:
+        mine = items[(items["origin"] == o) & (items["target"] == t)]
+        ok = mine[mine["success"]]
+        per_pair.append({
+            "origin": o, "target": t, "origin_name": names[o], "target_name": names[t], "items": int(len(mine)),
+            "success_rate": float(mine["success"].mean()) if len(mine) else None,
+            "median_steps": median(mine["steps"]), "median_steps_successful": median(ok["steps"]),
+            "median_l0_successful": median(ok["l0"]), "median_image_distance_successful": median(ok["image_distance"]),
+            **agreement.get((o, t), {}),
+        })
+    ok = items[items["success"]]
+    return {
+        "classifier": name, "logits_from": cfg.counterfactual.logits_from,
+        "settings": {k: v for k, v in cfg.raw["counterfactual"].items() if k != "pairs"},
+        "items": int(len(items)), "success_rate": float(items["success"].mean()) if len(items) else None,
+        "median_steps": median(items["steps"]), "median_steps_successful": median(ok["steps"]),
+        "min_pair_success_rate": min((p["success_rate"] for p in per_pair if p["success_rate"] is not None), default=None),
+        "starts": {str(o): {"kept": int(len(starts.rows[o])), "candidates": starts.candidates[o]} for o in starts.rows},
+        "pairs": per_pair,
+    }
+
+
+def read_counterfactuals(ctx: Context, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """items, drivers, factors and metrics of classifier ``name`` (for the report)."""
+    made = ctx.origin("counterfactual", classifier=name)
+    paths = ctx.paths
+    return (read_parquet(paths.counterfactual_items(name), origin=made, schema=COUNTERFACTUAL_ITEMS),
+            read_parquet(paths.counterfactual_drivers(name), origin=made, schema=COUNTERFACTUAL_DRIVERS),
+            read_parquet(paths.counterfactual_factors(name), origin=made, schema=COUNTERFACTUAL_FACTORS),
+            read_json(paths.counterfactual_metrics(name), origin=made, keys=COUNTERFACTUAL_METRICS))
+
+
+def read_counterfactual_images(ctx: Context, name: str) -> dict[str, np.ndarray]:
+    made = ctx.origin("counterfactual", classifier=name)
+    return read_npz(ctx.paths.counterfactual_arrays(name), origin=made, arrays=COUNTERFACTUAL_ARRAYS)
