@@ -46,9 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--link-samples", type=int, default=500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--weight-cosine", type=float, default=0.3,
-                   help="critters' w of different species are nearly orthogonal, so the paper's 10 pins w (see the module docs)")
+    p.add_argument("--logits-from", choices=("rendering", "back_map", "features"), default="rendering",
+                   help="what the loss scores (counterfactual.logits_from; 'features' is the paper's loss)")
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-cosine", type=float, default=1.0,
+                   help="the built-in world's default (config/config.yaml); the paper's 10 pins critters' w")
+    p.add_argument("--weight-other", type=float, default=1.0, help="the built-in world's default; 0 is the paper's loss")
     p.add_argument("--l1", type=float, default=0.0)
     p.add_argument("--max-steps", type=int, default=200)
     p.add_argument("--check-every", type=int, default=10)
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         find_counterfactuals,
         find_counterfactuals_one_by_one,
         render_and_classify,
+        rendered_logits,
     )
     from linkstyle.generators.critters import Critters
     from linkstyle.linking import fit_ridge_cv, r2_score
@@ -119,15 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
         link_r.append(r.numpy())
         link_w.append(w.numpy())
     r_all, w_all = np.concatenate(link_r), np.concatenate(link_w)
-    link, _ = fit_ridge_cv(r_all, w_all, (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0), folds=5, seed=0)
+    alphas = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    link, _ = fit_ridge_cv(r_all, w_all, alphas, folds=5, seed=0)
+    back, _ = fit_ridge_cv(w_all, r_all, alphas, folds=5, seed=0)
     check = render_and_classify(gen, clf)
+    clf.requires_grad_(False)
 
     items_r, origin, target, start_ok, held_r, held_w = [], [], [], 0, [], []
     for o, t in pairs:
         r, w, pred = features(sample_seeds(0, o, per_class, per_class + spare), o)
         held_r.append(r.numpy())
         held_w.append(w.numpy())
-        rec = check(torch.from_numpy(link(r.numpy().astype(np.float64)).astype(np.float32)))
+        rec = check(torch.from_numpy(link(r.numpy().astype(np.float64)).astype(np.float32))).argmax(1)
         ok = torch.nonzero((pred == o) & (rec == o)).flatten()
         rest = torch.nonzero(~((pred == o) & (rec == o))).flatten()
         take = torch.cat([ok, rest])[:want]
@@ -141,9 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
     n = len(r_items)
     link_r2 = r2_score(np.concatenate(held_w), link(np.concatenate(held_r).astype(np.float64)))
 
-    settings = CounterfactualSettings(lr=args.lr, weight_cosine=args.weight_cosine, l1=args.l1,
-                                      max_steps=args.max_steps, check_every=args.check_every)
-    call = {"head": clf.fc, "coef": link.coef, "intercept": link.intercept, "check": check, "settings": settings}
+    settings = CounterfactualSettings(lr=args.lr, weight_cosine=args.weight_cosine, weight_other=args.weight_other,
+                                      l1=args.l1, max_steps=args.max_steps, check_every=args.check_every)
+    scoring = {"rendering": {"render": rendered_logits(gen, clf), "render_batch": 256},
+               "back_map": {"back": (back.coef, back.intercept)}, "features": {}}[args.logits_from]
+    call = {"head": clf.fc, "coef": link.coef, "intercept": link.intercept, "check": check, "settings": settings, **scoring}
     find_counterfactuals(r_items[:2], origin_t[:2], target_t[:2], **{**call, "settings": CounterfactualSettings(max_steps=2)})
 
     times: dict[str, list[float]] = {"batched": [], "one_by_one": []}
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     per_pair = {f"{o}->{t}": float(bat.success[(origin_t == o) & (target_t == t)].float().mean()) for o, t in pairs}
 
-    print(f"\ncounterfactuals: {n} items over pairs {args.pairs}, critters {args.classes} classes {args.resolution} px, "
+    print(f"\ncounterfactuals ({args.logits_from}): {n} items over pairs {args.pairs}, critters {args.classes} classes {args.resolution} px, "
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     print(f"{'run':<12}{'items':>6}{'seconds':>10}{'s / item':>10}{'speed-up':>10}{'success':>9}{'median steps':>14}")
     for name in ("one_by_one", "batched"):
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "device": "cpu", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "command": " ".join(["bench/bench_counterfactual.py", *(argv if argv is not None else sys.argv[1:])]),
         "quick": args.quick, "classifier": source, "classes": args.classes, "resolution": args.resolution,
-        "pairs": args.pairs, "link_samples": len(r_all), "link_alpha": link.alpha, "link_r2_items": link_r2,
+        "pairs": args.pairs, "logits_from": args.logits_from, "link_samples": len(r_all), "link_alpha": link.alpha, "link_r2_items": link_r2,
         "items_start_in_origin": start_ok, "repeats": args.repeats,
         "settings": {k: getattr(settings, k) for k in settings.__dataclass_fields__},
         "runs": rows, "speedup_per_item": speedup, "seconds_all_repeats": times,

@@ -48,6 +48,8 @@ TINY = {
     # The whole labelling loop: exported exact masks stand in for an annotator; measured on both.
     "measure": {"segmenter": "learned"},
     "segmentation": {"export_images": 8, "steps": 60, "heldout_images": 24},
+    # every ordered pair of the 3 species, 4 start samples each; the built-in world's weights
+    "counterfactual": {"samples_per_pair": 4, "weight_cosine": 1.0, "weight_other": 1.0, "images_per_pair": 2},
 }
 
 

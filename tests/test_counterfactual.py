@@ -83,7 +83,7 @@ def linear_check(w_dim=6, classes=4, seed=1):
 
 def test_the_optimiser_flips_most_items_of_a_synthetic_problem():
     r, origin, target, head, coef, intercept = synthetic()
-    s = CounterfactualSettings(max_steps=100, check_every=5)
+    s = CounterfactualSettings(max_steps=100, check_every=5, lr=0.05)
     res = find_counterfactuals(r, origin, target, head, coef, intercept, None, s)
     assert len(res) == len(r) and res.success_rate >= 0.9
     ok = res.success
@@ -112,7 +112,7 @@ def test_the_optimiser_flips_most_items_of_a_synthetic_problem():
 def test_batched_results_match_one_item_at_a_time(with_check):
     r, origin, target, head, coef, intercept = synthetic(n=12)
     check = linear_check() if with_check else None
-    s = CounterfactualSettings(max_steps=60, check_every=3, l1=0.02)
+    s = CounterfactualSettings(max_steps=60, check_every=3, l1=0.02, lr=0.05)
     batched = find_counterfactuals(r, origin, target, head, coef, intercept, check, s)
     single = find_counterfactuals_one_by_one(r, origin, target, head, coef, intercept, check, s)
     assert 0 < batched.success.sum() and (batched.success == single.success).all()
@@ -159,14 +159,14 @@ def test_the_relu_is_in_the_loss_so_negative_features_never_count_as_a_flip():
     # logit_target = -r0 - 0.5: only r0 < -0.5, which no image can have, would reach the target.
     r, head, coef, intercept = tiny_problem([[0.0, 0.0], [-1.0, 0.0]], [0.0, -0.5], [[1.0, 1.0]])
     o, t = torch.tensor([0]), torch.tensor([1])
-    s = CounterfactualSettings(weight_cosine=0.0, max_steps=100, check_every=5)
+    s = CounterfactualSettings(weight_cosine=0.0, max_steps=100, check_every=5, lr=0.05)
     res = find_counterfactuals(r, o, t, head, coef, intercept, None, s)
     assert not res.success[0]
     assert res.r_after[0, 0] == 0.0 and (res.r_after >= 0).all()  # pushed to the bound, not past it
     assert res.shift[0, 0] == pytest.approx(1.0)  # the realised shift: nothing lost to clipping
     assert res.logits_after[0, 1] == pytest.approx(-0.5)
     # The paper's loss (no ReLU) claims a flip with a negative feature, which rendering clips away.
-    naive = find_counterfactuals(r, o, t, head, coef, intercept, None, CounterfactualSettings(weight_cosine=0.0, max_steps=100, check_every=5, nonnegative=False))
+    naive = find_counterfactuals(r, o, t, head, coef, intercept, None, CounterfactualSettings(weight_cosine=0.0, max_steps=100, check_every=5, lr=0.05, nonnegative=False))
     assert naive.success[0] and naive.r_after[0, 0] < -0.5
     with torch.no_grad():
         assert head(torch.relu(naive.r_after)).argmax(1)[0] == 0  # what the image would be classified as
@@ -176,15 +176,15 @@ def test_a_unit_at_zero_can_be_switched_on():
     # Only raising the silent unit 1 above 1 flips the head; relu's zero gradient at 0 would pin it.
     r, head, coef, intercept = tiny_problem([[0.0, 0.0], [0.0, 1.0]], [1.0, 0.0], [[1.0, 0.0]])
     res = find_counterfactuals(r, torch.tensor([0]), torch.tensor([1]), head, coef, intercept, None,
-                               CounterfactualSettings(weight_cosine=0.0, max_steps=200, check_every=1))
+                               CounterfactualSettings(weight_cosine=0.0, max_steps=200, check_every=1, lr=0.05))
     assert res.success[0] and res.r_after[0, 1] > 1.0 and res.shift[0, 1] < 0
     assert res.top_units[0, 0] == 1
 
 
 def test_l1_gives_sparser_shifts():
     r, origin, target, head, coef, intercept = synthetic(n=24, units=64)
-    dense = find_counterfactuals(r, origin, target, head, coef, intercept, None, CounterfactualSettings(max_steps=200))
-    sparse = find_counterfactuals(r, origin, target, head, coef, intercept, None, CounterfactualSettings(max_steps=200, l1=0.2))
+    dense = find_counterfactuals(r, origin, target, head, coef, intercept, None, CounterfactualSettings(max_steps=200, lr=0.05))
+    sparse = find_counterfactuals(r, origin, target, head, coef, intercept, None, CounterfactualSettings(max_steps=200, l1=0.2, lr=0.05))
     assert sparse.success_rate >= 0.75
     assert sparse.l0.float().mean() < 0.5 * dense.l0.float().mean()
     assert (sparse.shift == 0).float().mean() > 0.5  # exact zeros from the proximal step
@@ -410,7 +410,7 @@ def test_counterfactuals_between_two_species_of_the_builtin_world():
     settings = CounterfactualSettings(weight_cosine=1.0, weight_other=1.0, lr=0.01)
     res = find_counterfactuals(r, origin, target, head, link.coef, link.intercept, check, settings,
                                render=rendered_logits(gen, clf), render_batch=16)
-    paper = find_counterfactuals(r, origin, target, head, link.coef, link.intercept, check, CounterfactualSettings())
+    paper = find_counterfactuals(r, origin, target, head, link.coef, link.intercept, check, CounterfactualSettings(lr=0.05))
     per_pair = [float(res.success[(origin == o) & (target == t)].float().mean()) for o, t in pairs]
     assert (res.pred_before == origin).float().mean() >= 0.9  # the linked re-rendering starts in the origin class
     assert res.success_rate >= 0.85, per_pair

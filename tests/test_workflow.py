@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -23,7 +25,7 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15,
-                        "selectivity": 2, "report": 1}.items():
+                        "selectivity": 2, "counterfactual": 2, "report": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
 
@@ -98,6 +100,59 @@ def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
 
 
 @pytest.mark.slow
+def test_tiny_workflow_finds_counterfactuals_for_every_pair(tiny_run):
+    _, _, paths = tiny_run
+    summary = json.loads(paths.summary.read_text())
+    pairs = [(o, t) for o in range(3) for t in range(3) if o != t]
+    for name in ("resnet18", "regnet"):
+        items = pd.read_parquet(paths.counterfactual_items(name))
+        assert len(items) == 6 * 4 and set(zip(items["origin"], items["target"])) == set(pairs)
+        assert (items["origin"] != items["target"]).all() and (items["split"] == "test").mean() > 0.5
+        ok = items[items["success"]]
+        assert len(ok) >= 0.5 * len(items), items.groupby(["origin", "target"])["success"].mean()
+        assert (ok["pred_after"] == ok["target"]).all() and (ok["steps"] <= 200).all()
+        assert (ok["conf_target_after"] > ok["conf_target_before"]).all()
+        assert (ok["l0"] > 0).all() and (ok["image_distance"] > 0).all() and ok["top_units"].str.len().gt(0).all()
+        arrays = np.load(paths.counterfactual_arrays(name))
+        assert arrays["shift"].shape == (24, {"resnet18": 512, "regnet": 400}[name])
+        assert arrays["images_before"].shape == (6 * 2, 32, 32, 3) and (items["image"] >= 0).sum() == 12
+        drivers = pd.read_parquet(paths.counterfactual_drivers(name))
+        assert set(zip(drivers["origin"], drivers["target"])) == set(zip(ok["origin"], ok["target"]))
+        assert (drivers.groupby(["origin", "target"])["rank"].min() == 1).all()
+        factors = pd.read_parquet(paths.counterfactual_factors(name))
+        assert len(factors) == 6 * 25 and factors["separation"].notna().all()
+        metrics = json.loads(paths.counterfactual_metrics(name).read_text())
+        assert metrics["success_rate"] == pytest.approx(items["success"].mean()) and len(metrics["pairs"]) == 6
+        cf = summary["classifiers"][name]["counterfactual"]
+        assert cf["success_rate"] == pytest.approx(metrics["success_rate"]) and len(cf["pairs"]) == 6
+        assert cf["logits_from"] == "rendering" and cf["mean_factor_cosine"] is not None
+        # driving units carry their selectivity label where the unit was analysed (units 0-15 here)
+        labels = {d["concept"] for p in cf["pairs"] for d in p["drivers"]}
+        assert labels and all(isinstance(c, str) for c in labels)
+        assert (paths.figures / f"counterfactuals-{name}.png").stat().st_size > 0
+    assert "Counterfactuals per class pair" in paths.report.read_text()
+
+
+@pytest.mark.slow
+def test_counterfactual_stage_rejects_bad_pairs_before_optimising(tiny_run):
+    _, cfg_file, paths = tiny_run
+    before = paths.counterfactual_items("resnet18").stat().st_mtime_ns
+
+    def run(pairs):
+        return subprocess.run([sys.executable, "-m", "linkstyle", "counterfactual", "--config", str(cfg_file),
+                               "--classifier", "resnet18", "--set", f"counterfactual.pairs={pairs}"],
+                              capture_output=True, text=True, cwd=tiny_run[0], timeout=300)
+
+    unknown = run("[[fox, kat]]")
+    assert unknown.returncode == 2 and "unknown class name 'kat'" in unknown.stderr and "did you mean 'cat'" in unknown.stderr
+    same = run("[[fox, 0]]")
+    assert same.returncode == 2 and "are the same class (0)" in same.stderr
+    outside = run("[[0, 4]]")
+    assert outside.returncode == 2 and "target class 4 is not among the analysed classes" in outside.stderr
+    assert paths.counterfactual_items("resnet18").stat().st_mtime_ns == before  # nothing rewritten
+
+
+@pytest.mark.slow
 def test_tiny_workflow_shards_hold_images_of_the_right_shape(tiny_run):
     _, _, paths = tiny_run
     arrays = np.load(paths.tune_arrays("resnet18", 0))
@@ -116,7 +171,7 @@ def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
     work, _, paths = tiny_run
     assert not [p for p in paths.root.rglob("*") if ".tmp" in p.name]
     for rule in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report",
-                 "label_export", "label_import", "train_segmenter"):
+                 "label_export", "label_import", "train_segmenter", "counterfactual"):
         logs = list((paths.root / "logs" / rule).glob("*.log"))
         assert logs and all(p.stat().st_size > 0 for p in logs), rule
 

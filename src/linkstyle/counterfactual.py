@@ -92,14 +92,16 @@ class CounterfactualError(LinkstyleError):
 class CounterfactualSettings:
     """Weights of the loss and the optimiser's budget.
 
-    ``weight_*`` are the paper's (1, 0.6, 10). ``lr`` is Adam's step relative to each item's
-    feature scale (mean |r|): 0.05 moves every unit by up to 5% of that scale per step, so a
-    confident demo classifier (logit margins of 10-20) flips in a few tens of steps and
-    ``max_steps=200`` leaves room for the hard items. ``check_every`` trades the cost of
-    rendering and classifying (by far the dearest part) against how finely the first success,
-    and so the smallest shift, is found. ``l0_tol``: a unit counts as shifted (L0, and the top
-    units) when ``|d| > l0_tol * scale``. ``nonnegative=False`` drops the ReLU (and the
-    projection) for classifiers whose penultimate features can be negative.
+    ``weight_*`` are the paper's (1, 0.6, 10; ``weight_other`` 0 and no ``cosine_halflife``).
+    ``lr`` is Adam's step relative to each item's feature scale (mean |r|): 0.01 moves every
+    unit by up to 1% of that scale per step. Adam's first steps are sign-like, moving every unit
+    alike, so a large step sends ``w`` off in a crude direction, past the target class into a
+    third one; on the built-in world 0.005-0.01 flipped more items, with smaller shifts, than
+    0.05 (docs/counterfactuals.md). ``check_every`` trades the cost of rendering and classifying
+    (by far the dearest part) against how finely the first success, and so the smallest shift,
+    is found (scoring the rendering checks at every step anyway). ``l0_tol``: a unit counts as
+    shifted (L0, and the top units) when ``|d| > l0_tol * scale``. ``nonnegative=False`` drops
+    the ReLU (and the projection) for classifiers whose penultimate features can be negative.
     """
 
     weight_target: float = 1.0
@@ -108,7 +110,7 @@ class CounterfactualSettings:
     weight_other: float = 0.0
     cosine_halflife: float | None = None
     l1: float = 0.0
-    lr: float = 0.05
+    lr: float = 0.01
     max_steps: int = 200
     check_every: int = 10
     top_units: int = 10

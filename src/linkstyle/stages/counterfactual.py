@@ -298,6 +298,18 @@ def summarise(name: str, cfg: Config, items: pd.DataFrame, pairs: list[tuple[int
     }
 
 
+def label_drivers(drivers: pd.DataFrame, units: pd.DataFrame | None) -> pd.DataFrame:
+    """The driving units with their selectivity results (concept label, selectivity index,
+    faithfulness) where the selectivity stage analysed them; 'not analysed' otherwise."""
+    out = drivers.copy()
+    if units is None or units.empty:
+        return out.assign(concept="not analysed", selectivity_index=np.nan, faithful=pd.NA)
+    keep = units.set_index("unit")[["concept", "selectivity_index", "faithful"]]
+    out = out.join(keep, on="unit")
+    out["concept"] = out["concept"].fillna("not analysed")
+    return out
+
+
 def read_counterfactuals(ctx: Context, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """items, drivers, factors and metrics of classifier ``name`` (for the report)."""
     made = ctx.origin("counterfactual", classifier=name)

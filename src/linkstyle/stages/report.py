@@ -28,6 +28,7 @@ from ..artifacts import (  # noqa: E402
 from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
+from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
 from .selectivity import UNRANKED  # noqa: E402
 
 #: Okabe-Ito: distinguishable with every common colour-vision deficiency.
@@ -195,6 +196,82 @@ def figure_linking(link_metrics: dict[str, dict[str, Any]], path: Path) -> bytes
     return _save(fig, path)
 
 
+def figure_counterfactuals(arrays: dict[str, np.ndarray], items: pd.DataFrame, name: str, path: Path,
+                           per_row: int = 4, max_pairs: int = 24) -> bytes:
+    """One panel per pair: the linked re-rendering of a start sample, its counterfactual, and where they differ."""
+    stored = items[items["image"] >= 0]
+    first = stored.groupby(["origin", "target"], sort=True).head(1).head(max_pairs)
+    n = max(len(first), 1)
+    rows = -(-n // per_row)
+    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.25 * 3 * per_row, 1.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, item in enumerate(first.itertuples()):
+        before = arrays["images_before"][item.image].astype(np.float32) / 255
+        after = arrays["images_after"][item.image].astype(np.float32) / 255
+        diff = np.abs(after - before).mean(-1)
+        row, col = divmod(k, per_row)
+        cells = axes[row, 3 * col : 3 * col + 3]
+        cells[0].imshow(before)
+        cells[1].imshow(after)
+        cells[2].imshow(diff / max(float(diff.max()), 1e-6), cmap="magma")
+        mark = "flipped" if item.success else "not flipped"
+        cells[0].set_title(f"{item.origin_name} -> {item.target_name}", fontsize=7, loc="left")
+        cells[1].set_title(f"{mark}, {item.steps} steps", fontsize=6)
+        cells[2].set_title(f"|difference|, {item.image_distance:.2f}", fontsize=6)
+    fig.suptitle(f"{name}: counterfactuals (original re-rendering, counterfactual, difference)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_pair_matrix(metrics: dict[str, Any], name: str, path: Path) -> bytes:
+    """Success rate per (origin, target) pair, and on the built-in world the cosine between the
+    ground-truth factors the counterfactuals change and those that separate the two species."""
+    pairs = metrics["pairs"]
+    names = list(dict.fromkeys([p["origin_name"] for p in pairs] + [p["target_name"] for p in pairs]))
+    index = {c: i for i, c in enumerate(names)}
+    panels = [("success_rate", "success rate", "viridis", (0, 1))]
+    if any(p.get("factor_cosine") is not None for p in pairs):
+        panels.append(("factor_cosine", "factor change vs species separation (cosine)", "RdBu", (-1, 1)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.0), squeeze=False)
+    for ax, (key, title, cmap, (lo, hi)) in zip(axes[0], panels):
+        grid = np.full((len(names), len(names)), np.nan)
+        for p in pairs:
+            value = p.get(key)
+            grid[index[p["origin_name"]], index[p["target_name"]]] = np.nan if value is None else value
+        im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi)
+        for (i, j), v in np.ndenumerate(grid):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if key == "success_rate" and v < 0.6 else "k")
+        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+        ax.set_yticks(range(len(names)), names, fontsize=7)
+        ax.set_xlabel("target", fontsize=8)
+        ax.set_ylabel("origin", fontsize=8)
+        ax.set_title(f"{name}: {title}", fontsize=8)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def counterfactual_summary(metrics: dict[str, Any], drivers: pd.DataFrame, top: int = 3) -> dict[str, Any]:
+    """Headline numbers per classifier, and per pair its success and its top driving units with labels."""
+    pairs = []
+    for p in metrics["pairs"]:
+        mine = drivers[(drivers["origin"] == p["origin"]) & (drivers["target"] == p["target"])].head(top)
+        pairs.append({
+            "pair": f"{p['origin_name']} -> {p['target_name']}", "items": p["items"], "success_rate": p["success_rate"],
+            "median_steps": p["median_steps"], "median_image_distance": p["median_image_distance_successful"],
+            "factor_cosine": p.get("factor_cosine"), "top_factor_overlap": p.get("top_factor_overlap"),
+            "drivers": [{"unit": int(d.unit), "fraction": float(d.fraction), "concept": str(d.concept)} for d in mine.itertuples()],
+        })
+    cosines = [p["factor_cosine"] for p in pairs if p["factor_cosine"] is not None and math.isfinite(p["factor_cosine"])]
+    return {
+        "logits_from": metrics["logits_from"], "items": metrics["items"], "success_rate": metrics["success_rate"],
+        "min_pair_success_rate": metrics["min_pair_success_rate"], "median_steps": metrics["median_steps"],
+        "mean_factor_cosine": float(np.mean(cosines)) if cosines else None, "pairs": pairs,
+    }
+
+
 def stage_timing(bench_dir: Path) -> dict[str, dict[str, float]]:
     """Wall time summed over jobs and the largest resident memory, per rule (from Snakemake's benchmarks)."""
     out: dict[str, dict[str, float]] = {}
@@ -261,6 +338,17 @@ def run_report(ctx: Context) -> None:
                                        paths.figures / f"population-{name}.png")))
         if len(recovery):
             recoveries.append(recovery)
+        cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
+        cf_drivers = label_drivers(cf_drivers, units)
+        figs.append((f"{name}: counterfactuals", "For one start sample per class pair: the image rendered from the linked "
+                     "features of the original, the image rendered after the shift of the penultimate features that made "
+                     "the classifier see the target class, and where the two differ (brighter: more).",
+                     figure_counterfactuals(read_counterfactual_images(ctx, name), cf_items, name,
+                                            paths.figures / f"counterfactuals-{name}.png")))
+        figs.append((f"{name}: counterfactual success", "Share of start samples whose rendered image the classifier "
+                     "assigns to the target class within the step limit, per pair; on the built-in world, also how well "
+                     "the ground-truth factors the counterfactuals change line up with those that separate the two species.",
+                     figure_pair_matrix(cf_metrics, name, paths.figures / f"counterfactual-pairs-{name}.png")))
         accuracy = None
         if clf.kind in TRAINED_BY_WORKFLOW:
             accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
@@ -290,6 +378,7 @@ def run_report(ctx: Context) -> None:
                 for row in recovery[recovery["part"] == "all"].itertuples()
             },
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
+            "counterfactual": counterfactual_summary(cf_metrics, cf_drivers),
         }
         unit_rows[name] = [
             {
@@ -337,6 +426,11 @@ def _html(run: str, summary: dict[str, Any], figs: list[tuple[str, str, bytes]],
         for name, s in summary["classifiers"].items() for masks, values in s["concept_recovery"].items()
     ]
     recovery_html = f"<h2>Concept recovery against the ground truth</h2>{_table(recovery)}" if recovery else ""
+    counterfactual_rows = [
+        {"classifier": name, **{k: v for k, v in p.items() if k != "drivers"},
+         "driving units": "; ".join(f"{d['unit']} ({d['concept']}, {d['fraction']:.0%})" for d in p["drivers"])}
+        for name, s in summary["classifiers"].items() for p in s["counterfactual"]["pairs"]
+    ]
     sections = "".join(
         f"<section><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>{_img(data, title)}</section>" for title, caption, data in figs
     )
@@ -354,6 +448,9 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} section {{ margin-botto
 <h2>Headline</h2>{_table(headline)}
 {recovery_html}
 <h2>Most selective units</h2>{units}
+<h2>Counterfactuals per class pair</h2>
+<p>Driving units: the units most often among the ten most shifted of a pair's successful counterfactuals, with their
+concept label and the share of counterfactuals in which they were.</p>{_table(counterfactual_rows)}
 {sections}
 <h2>Timing per stage</h2>{_table(timing)}
 </body></html>
