@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     settings = CounterfactualSettings(lr=args.lr, weight_cosine=args.weight_cosine, weight_other=args.weight_other,
                                       l1=args.l1, max_steps=args.max_steps, check_every=args.check_every)
-    scoring = {"rendering": {"render": rendered_logits(gen, clf), "render_batch": 256},
+    # As the stage does: scoring the rendering checks every step itself, so it needs no separate check.
+    scoring = {"rendering": {"render": rendered_logits(gen, clf), "render_batch": 256, "check": None},
                "back_map": {"back": (back.coef, back.intercept)}, "features": {}}[args.logits_from]
     call = {"head": clf.fc, "coef": link.coef, "intercept": link.intercept, "check": check, "settings": settings, **scoring}
     find_counterfactuals(r_items[:2], origin_t[:2], target_t[:2], **{**call, "settings": CounterfactualSettings(max_steps=2)})

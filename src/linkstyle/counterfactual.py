@@ -295,7 +295,8 @@ def find_counterfactuals(
 
     ``check(w [n, w_dim] float32) -> logits [n, C]`` (or classes long [n]) renders ``w`` and
     classifies the images; it is called on the items still running only, at step 0 and every
-    ``check_every`` steps (and at ``max_steps``). ``None`` uses the loss's prediction on ``r'``.
+    ``check_every`` steps (and at ``max_steps``). ``None`` uses the loss's own prediction: with
+    ``render``, that is the rendered image's class, seen at every step at no extra cost.
     ``back``: ``(back_coef [w_dim, U], back_intercept [U])`` scores the shift through the back
     map; ``render``: ``w [n, w_dim] float32 -> logits [n, C]``, differentiable, scores the
     rendered image itself, ``render_batch`` items per forward/backward pass (module docs).
@@ -380,11 +381,18 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
     rendered_p = torch.full((n, 2), float("nan"), dtype=f64, device=dev)  # rendered p(origin), p(target)
     rendered_p_before = rendered_p.clone()
 
+    def score_chunked(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+        """The loss's logits without gradients, ``render_batch`` items at a time when rendering."""
+        with torch.no_grad():
+            if render is None or len(rp) == 0:
+                return score(rp, wp)
+            return torch.cat([score(a, b) for a, b in zip(rp.split(render_batch), wp.split(render_batch))])
+
     def predict(idx: torch.Tensor) -> torch.Tensor:
         rp = relu(r[idx] - d[idx])
         wp = rp @ coef + intercept
         if check is None:
-            return score(rp, wp).argmax(1)
+            return score_chunked(rp, wp).argmax(1)
         with torch.no_grad():
             out = check(wp.float())
         out = torch.as_tensor(out).to(dev)
@@ -464,15 +472,18 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
             if s.nonnegative:  # keep r - d >= 0: d is then exactly the realised shift
                 new = torch.minimum(new, r[idx])
             d[idx] = new
-        if step % s.check_every == 0 or step == s.max_steps:
+        # Without a separate check, scoring the rendering already checks every step: only the
+        # state after the last step is left to look at.
+        periodic = step % s.check_every == 0 and not (render is not None and check is None)
+        if periodic or step == s.max_steps:
             record(idx, step)
 
     with torch.no_grad():
         r_after = relu(r - d)
         shift = r - r_after
         w_after = r_after @ coef + intercept
-        logits_before = torch.cat([score(r[i], w0[i]) for i in everyone.split(render_batch)]) if n else score(r, w0)
-        logits_after = torch.cat([score(r_after[i], w_after[i]) for i in everyone.split(render_batch)]) if n else score(r_after, w_after)
+        logits_before = score_chunked(r, w0)
+        logits_after = score_chunked(r_after, w_after)
         p_before, p_after = logits_before.softmax(1), logits_after.softmax(1)
         rows = everyone
         conf = {"conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],

@@ -283,6 +283,15 @@ def _column_ok(field_type: Any, spec: str) -> bool:
 # ----------------------------------------------------------------------------- Parquet
 
 
+_EMPTY_DTYPES = {"i": "int64", "f": "float64", "b": "bool", "str": "string", "category": "string"}
+
+
+def empty_table(columns: Columns) -> pd.DataFrame:
+    """A table with no rows whose columns have the kinds of ``columns``, so that readers checking
+    the schema accept it (an empty pandas column would otherwise default to float or object)."""
+    return pd.DataFrame({name: pd.Series(dtype=_EMPTY_DTYPES[kind]) for name, kind in columns.items()})
+
+
 def write_parquet(df: pd.DataFrame, path: str | Path, origin: Origin | None = None) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -35,7 +35,7 @@ from ..counterfactual import (
     render_and_classify,
     rendered_logits,
 )
-from ..io import read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
+from ..io import empty_table, read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
 from ..runtime import autocast, run_batched
 from .context import Context
 from .link import load_link, read_select
@@ -47,8 +47,11 @@ log = logging.getLogger("linkstyle")
 CANDIDATES_PER_START = 4
 
 
-def settings_of(cc: CounterfactualConfig) -> CounterfactualSettings:
+def settings_of(cc: CounterfactualConfig, nonnegative: bool = True) -> CounterfactualSettings:
+    """The search's settings; ``nonnegative``: the classifier's features are post-ReLU (all >= 0 on the
+    selected samples), so shifted features are clipped at 0 as the rendering does (a ViT's are not)."""
     return CounterfactualSettings(
+        nonnegative=nonnegative,
         weight_target=cc.weight_target, weight_origin=cc.weight_origin, weight_cosine=cc.weight_cosine,
         weight_other=cc.weight_other, cosine_halflife=cc.cosine_halflife, l1=cc.l1,
         lr=cc.lr, max_steps=cc.max_steps, check_every=cc.check_every, top_units=cc.top_units,
@@ -131,15 +134,15 @@ def render_uint8(ctx: Context, w: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
 
 
-def factor_table(gen, res: CounterfactualResult, w_class: dict[int, np.ndarray],
-                 pairs: list[tuple[int, int]]) -> tuple[pd.DataFrame, dict[tuple[int, int], dict[str, float]]]:
+def factor_table(gen, res: CounterfactualResult, w_class: dict[int, np.ndarray], pairs: list[tuple[int, int]],
+                 device: torch.device) -> tuple[pd.DataFrame, dict[tuple[int, int], dict[str, float]]]:
     """Ground truth: per pair, the mean change of each factor over successful items, against the
     factors' separation of the two species (mean over target samples minus origin samples)."""
     names = tuple(gen.factor_names)
     with torch.inference_mode():
-        before = gen.factors(res.w_before.to(gen.proto.device)).double().cpu().numpy()
-        after = gen.factors(res.w_after.to(gen.proto.device)).double().cpu().numpy()
-        mean_of = {c: gen.factors(torch.from_numpy(w).to(gen.proto.device)).double().cpu().numpy().mean(0)
+        before = gen.factors(res.w_before.to(device)).double().cpu().numpy()
+        after = gen.factors(res.w_after.to(device)).double().cpu().numpy()
+        mean_of = {c: gen.factors(torch.from_numpy(w).to(device)).double().cpu().numpy().mean(0)
                    for c, w in w_class.items()}
     rows, agreement = [], {}
     origin, target, success = res.origin.numpy(), res.target.numpy(), res.success.numpy()
@@ -152,8 +155,7 @@ def factor_table(gen, res: CounterfactualResult, w_class: dict[int, np.ndarray],
         rows += [{"origin": o, "target": t, "factor": f, "change": change[i], "separation": separation[i],
                   "rank_change": rank_c[i], "rank_separation": rank_s[i]} for i, f in enumerate(names)]
         agreement[(o, t)] = factor_agreement(change, separation)
-    columns = list(COUNTERFACTUAL_FACTORS)
-    return pd.DataFrame(rows, columns=columns), agreement
+    return pd.DataFrame(rows, columns=list(COUNTERFACTUAL_FACTORS)), agreement
 
 
 def factor_agreement(change: np.ndarray, separation: np.ndarray, k: int = 3) -> dict[str, float]:
@@ -177,9 +179,9 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 def run_counterfactual(ctx: Context, name: str) -> None:
     cfg, paths, cc = ctx.cfg, ctx.paths, ctx.cfg.counterfactual
-    settings = settings_of(cc)
     table, arrays = read_select(ctx, name)
     r = arrays["r"].astype(np.float32)
+    settings = settings_of(cc, nonnegative=bool((r >= 0).all()))
     link = load_link(ctx, name, dims={"units": r.shape[1], "w_dim": arrays["w"].shape[1]})
     if cc.logits_from == "back_map" and (link.back_coef is None or link.back_intercept is None):
         raise CounterfactualError(f"{paths.link_model(name)} has no back map w -> r (made by an older linkstyle): "
@@ -211,7 +213,8 @@ def run_counterfactual(ctx: Context, name: str) -> None:
         sl = slice(lo, lo + cc.batch_size)
         parts.append(find_counterfactuals(
             torch.from_numpy(r[rows[sl]]).to(dev), torch.from_numpy(origin[sl]).to(dev), torch.from_numpy(target[sl]).to(dev),
-            head, torch.from_numpy(link.coef).to(dev), torch.from_numpy(link.intercept).to(dev), check, settings,
+            head, torch.from_numpy(link.coef).to(dev), torch.from_numpy(link.intercept).to(dev),
+            None if render is not None else check, settings,  # scoring the rendering checks every step itself
             back=back, render=render, render_batch=cfg.generator.batch_size,
         ))
     res = CounterfactualResult.concat(parts)
@@ -244,8 +247,7 @@ def run_counterfactual(ctx: Context, name: str) -> None:
         mine = (origin == o) & (target == t) & res.success.numpy()
         d = driving_units(res.shift.numpy()[mine], cc.top_units)
         drivers.append(d.assign(origin=o, target=t, rank=np.arange(1, len(d) + 1)))
-    drivers_table = pd.concat(drivers, ignore_index=True)[list(COUNTERFACTUAL_DRIVERS)] if drivers else \
-        pd.DataFrame({c: pd.Series(dtype="float64") for c in COUNTERFACTUAL_DRIVERS})
+    drivers_table = pd.concat([empty_table(COUNTERFACTUAL_DRIVERS), *drivers], ignore_index=True)[list(COUNTERFACTUAL_DRIVERS)]
     drivers_table = drivers_table.astype({"origin": "int64", "target": "int64", "rank": "int64", "unit": "int64",
                                           "count": "int64"})
 
@@ -253,11 +255,12 @@ def run_counterfactual(ctx: Context, name: str) -> None:
     if callable(getattr(gen, "factors", None)) and hasattr(gen, "factor_names"):
         w_all, cls_all = arrays["w"], table["cls"].to_numpy()
         w_class = {c: w_all[cls_all == c] for c in {c for pair in pairs for c in pair}}
-        factors, agreement = factor_table(gen, res, w_class, pairs)
+        factors, agreement = factor_table(gen, res, w_class, pairs, dev)
     else:
-        factors = pd.DataFrame({c: pd.Series(dtype="str" if k == "str" else "float64") for c, k in COUNTERFACTUAL_FACTORS.items()})
+        factors = empty_table(COUNTERFACTUAL_FACTORS)
 
     metrics = summarise(name, cfg, items, pairs, starts, agreement, names)
+    metrics["nonnegative_features"] = settings.nonnegative
     made = ctx.origin("counterfactual", classifier=name)
     write_npz(paths.counterfactual_arrays(name), made, item=np.arange(len(res)), shift=res.shift.numpy(),
               w_before=res.w_before.numpy(), w_after=res.w_after.numpy(), top_units=top, image_item=image_item,
