@@ -25,4 +25,6 @@ rule all:
     input:
         PATHS.report,
         PATHS.summary,
+        [PATHS.figure(name, suffix) for name, *_ in FIGURES for suffix in (".png", ".pdf")],
+        PATHS.atlas,
     default_target: True

@@ -305,6 +305,13 @@ def test_scoring_the_rendering_checks_every_step_and_matches_one_by_one():
         torch.testing.assert_close(res.conf_target_after[res.success],
                                    render(res.w_after[res.success]).softmax(1)[torch.arange(int(res.success.sum())), target[res.success]],
                                    rtol=1e-4, atol=1e-5)
+    # Without a separate check (as the workflow runs it), the rendering is the check, and the
+    # confidences are the rendered images' from the start.
+    own = find_counterfactuals(r, origin, target, head, coef, intercept, None, s, render=render, render_batch=4)
+    assert (own.success == res.success).all() and torch.isfinite(own.conf_target_before).all()
+    with torch.no_grad():
+        torch.testing.assert_close(own.conf_target_before, render(own.w_before).softmax(1)[torch.arange(len(r)), target],
+                                   rtol=1e-4, atol=1e-5)
     single = find_counterfactuals_one_by_one(r, origin, target, head, coef, intercept, check, s, render=render)
     assert (res.success == single.success).all() and (res.steps == single.steps).all()
     np.testing.assert_allclose(res.shift.numpy(), single.shift.numpy(), rtol=1e-4, atol=1e-5)

@@ -149,3 +149,30 @@ COUNTERFACTUAL_FACTORS: Columns = {
 }
 
 COUNTERFACTUAL_METRICS = ("classifier", "items", "success_rate", "pairs")
+
+
+#: Every figure of a run: (file stem, classifier or None, report category). The report stage draws
+#: exactly these (PNG for the report, PDF for papers) and the report rule declares them, each with
+#: its caption workflow/report/<kind>.rst for `snakemake --report`.
+FIGURE_KINDS = (
+    ("linking", False, "Linking"),
+    ("sweeps", True, "Units"),
+    ("selectivity", True, "Units"),
+    ("population", True, "Population"),
+    ("counterfactuals", True, "Counterfactuals"),
+    ("counterfactual-pairs", True, "Counterfactuals"),
+    ("concept-recovery", False, "Ground truth"),
+)
+
+
+def figure_files(cfg: Config) -> list[tuple[str, str, str, str | None]]:
+    """(file name without suffix, kind, category, classifier) of every figure the report draws for ``cfg``."""
+    out = []
+    for kind, per_classifier, category in FIGURE_KINDS:
+        if kind == "concept-recovery" and cfg.generator.kind != "critters":
+            continue  # ground truth only on the built-in world
+        if per_classifier:
+            out += [(f"{kind}-{c.name}", kind, category, c.name) for c in cfg.classifiers]
+        else:
+            out.append((kind, kind, category, None))
+    return out

@@ -49,6 +49,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "selectivity": ("selectivity",),
     "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
     "report": ("report",),
+    "atlas": ("tune",),
 }
 #: Format versions of stages whose artifacts changed shape: part of the stage's digest, so results
 #: made by an older linkstyle are rerun by Snakemake (and refused when read) instead of half-fitting.
@@ -146,7 +147,8 @@ def _did_you_mean(given: list[str], valid: list[str]) -> str:
     return "; did you mean " + ", ".join(f"'{m}' for '{g}'" for g, m in pairs) + "?"
 
 
-#: ``counterfactual.pairs: all`` makes n * (n - 1) pairs; beyond this many classes, list them.
+#: ``counterfactual.pairs: all`` makes n * (n - 1) pairs; beyond this many classes, list them ('auto' takes the
+#: pairs among the first this many classes).
 MAX_CLASSES_FOR_ALL_PAIRS = 10
 
 
@@ -154,11 +156,14 @@ def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
     """Pairs given as indices are checked here; names need the generator and are checked by the stage."""
     pairs = cfg["counterfactual"]["pairs"]
     classes = cfg["classes"] if cfg["classes"] is not None else list(range(cfg["generator"]["num_classes"]))
+    if pairs == "auto":
+        return []
     if pairs == "all":
         if len(classes) > MAX_CLASSES_FOR_ALL_PAIRS:
             return [f"counterfactual.pairs: 'all' would make {len(classes) * (len(classes) - 1)} pairs of the "
                     f"{len(classes)} analysed classes (at most {MAX_CLASSES_FOR_ALL_PAIRS} classes); list the pairs, "
-                    "e.g. [[207, 208], [208, 207]]"]
+                    "e.g. [[207, 208], [208, 207]], or use 'auto' (the pairs among the first "
+                    f"{MAX_CLASSES_FOR_ALL_PAIRS} classes)"]
         return []
     problems = []
     for i, pair in enumerate(pairs):
@@ -450,7 +455,7 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         selectivity=SelectivityConfig(**cfg["selectivity"]),
         counterfactual=CounterfactualConfig(**{
             **cfg["counterfactual"],
-            "pairs": cfg["counterfactual"]["pairs"] if cfg["counterfactual"]["pairs"] == "all"
+            "pairs": cfg["counterfactual"]["pairs"] if isinstance(cfg["counterfactual"]["pairs"], str)
             else tuple(tuple(p) for p in cfg["counterfactual"]["pairs"]),
         }),
         report=ReportConfig(**cfg["report"]),

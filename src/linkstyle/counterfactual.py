@@ -488,7 +488,8 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
         rows = everyone
         conf = {"conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],
                 "conf_target_before": p_before[rows, target], "conf_target_after": p_after[rows, target]}
-        if n and not bool(torch.isnan(rendered_p).any()):  # check gave logits: the rendered images' confidences
+        # check gave logits at step 0 and at every item's last check: the rendered images' confidences
+        if n and check is not None and not bool(torch.isnan(rendered_p_before).any() | torch.isnan(rendered_p).any()):
             conf = {"conf_origin_before": rendered_p_before[:, 0], "conf_origin_after": rendered_p[:, 0],
                     "conf_target_before": rendered_p_before[:, 1], "conf_target_after": rendered_p[:, 1]}
         moved = shift.abs() > s.l0_tol * scale[:, None]

@@ -121,6 +121,15 @@ class RunPaths:
     def figures(self) -> Path:
         return self._p("figures")
 
+    def figure(self, name: str, suffix: str = ".png") -> Path:
+        """A figure of the report stage (artifacts.figure_files lists them): PNG, and PDF beside it."""
+        return self._p("figures", name + suffix)
+
+    @property
+    def atlas(self) -> Path:
+        """The unit atlas: a static site (index.html, data/, sprites/) that opens from disk."""
+        return self._p("atlas")
+
     @property
     def report(self) -> Path:
         return self._p("report.html")

@@ -1,5 +1,21 @@
+from snakemake.io import report as for_report  # `report` opens a directive at the start of a line
+
+from linkstyle.artifacts import figure_files  # noqa: E402
+
+# Every figure, marked for `snakemake --report` with its caption (workflow/report/<kind>.rst).
+FIGURES = figure_files(CFG)
+
+
+def figure_outputs():
+    return [
+        for_report(PATHS.figure(name), caption=f"../report/{kind}.rst", category=category,
+               subcategory=clf or "all classifiers", labels={"figure": kind, "classifier": clf or "all"})
+        for name, kind, category, clf in FIGURES
+    ]
+
+
 rule report:
-    """Figures, report.html and summary.json for the whole run."""
+    """Figures (PNG and PDF), report.html and summary.json for the whole run, from the artifacts alone."""
     input:
         [PATHS.classifier_metrics(c) for c in TRAINED],
         [PATHS.link_metrics(c) for c in CLASSIFIERS],
@@ -16,6 +32,8 @@ rule report:
     output:
         report=PATHS.report,
         summary=PATHS.summary,
+        figures=figure_outputs(),
+        pdfs=[PATHS.figure(name, ".pdf") for name, *_ in FIGURES],
     params:
         config=digest("report"),
     log:
@@ -27,3 +45,26 @@ rule report:
         "../../envs/linkstyle.yaml"
     shell:
         "{STAGE} report --config {CONFIG} --threads {threads} > {log} 2>&1"
+
+
+rule atlas:
+    """The unit atlas: every unit of every classifier, with its sweeps, changes and the counterfactuals it drives (opens from disk)."""
+    input:
+        [PATHS.selectivity_units(c) for c in CLASSIFIERS],
+        [PATHS.selectivity_features(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
+        [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
+    output:
+        directory(PATHS.atlas),
+    params:
+        config=digest("atlas"),
+    log:
+        PATHS.log("atlas"),
+    benchmark:
+        PATHS.benchmark("atlas")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} atlas --config {CONFIG} --threads {threads} > {log} 2>&1"

@@ -24,7 +24,7 @@ from ..artifacts import (
     COUNTERFACTUAL_ITEMS,
     COUNTERFACTUAL_METRICS,
 )
-from ..config import Config, CounterfactualConfig
+from ..config import MAX_CLASSES_FOR_ALL_PAIRS, Config, CounterfactualConfig
 from ..counterfactual import (
     CounterfactualError,
     CounterfactualResult,
@@ -61,8 +61,9 @@ def settings_of(cc: CounterfactualConfig, nonnegative: bool = True) -> Counterfa
 def resolve_pairs(cfg: Config, class_names: tuple[str, ...]) -> list[tuple[int, int]]:
     """``counterfactual.pairs`` as class indices; names are looked up in the generator's class names."""
     classes = list(cfg.classes)
-    if cfg.counterfactual.pairs == "all":
-        return [(o, t) for o in classes for t in classes if o != t]
+    if cfg.counterfactual.pairs in ("all", "auto"):  # 'all' is checked to have at most 10 classes
+        first = classes[:MAX_CLASSES_FOR_ALL_PAIRS]
+        return [(o, t) for o in first for t in first if o != t]
     lookup = {name: i for i, name in enumerate(class_names)}
     lower = {name.lower(): i for i, name in enumerate(class_names)}
 

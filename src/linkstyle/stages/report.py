@@ -25,7 +25,7 @@ from ..artifacts import (  # noqa: E402
     SELECTIVITY_UNITS,
     TUNE_ARRAYS,
 )
-from ..io import read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
+from ..io import empty_table, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
 from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
@@ -51,11 +51,15 @@ def unit_caption(info: Any) -> str:
 
 
 def _save(fig: plt.Figure, path: Path) -> bytes:
+    """The figure as PNG (returned, for report.html) and as PDF beside it (vector, for papers)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    pdf = io.BytesIO()
+    fig.savefig(pdf, format="pdf", bbox_inches="tight")
     plt.close(fig)
     data = buf.getvalue()
     write_bytes(data, path)
+    write_bytes(pdf.getvalue(), path.with_suffix(".pdf"))
     return data
 
 
@@ -395,11 +399,12 @@ def run_report(ctx: Context) -> None:
             }
             for r in top.itertuples()
         ]
-    if recoveries:
+    if cfg.generator.kind == "critters":  # drawn even when no unit is labelled (then with no bars)
+        recovery_all = pd.concat(recoveries, ignore_index=True) if recoveries else empty_table(SELECTIVITY_RECOVERY)
         figs.append(("Concept recovery (ground truth)", "For every labelled unit of the built-in world, does its label name "
                      "a part (left) or a part and property (right) that the unit's dominant ground-truth factor changes? "
                      "Bars per truth part, for each mask source; ticks mark the agreement expected by chance.",
-                     figure_recovery(pd.concat(recoveries, ignore_index=True), paths.figures / "concept-recovery.png")))
+                     figure_recovery(recovery_all, paths.figures / "concept-recovery.png")))
     timing = stage_timing(paths.root / "benchmarks")
     summary = {
         "run": cfg.run,
