@@ -25,7 +25,7 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15,
-                        "selectivity": 2, "counterfactual": 2, "report": 1}.items():
+                        "selectivity": 2, "counterfactual": 2, "report": 1, "atlas": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
 
@@ -134,6 +134,28 @@ def test_tiny_workflow_finds_counterfactuals_for_every_pair(tiny_run):
 
 
 @pytest.mark.slow
+def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_report(tiny_run, tmp_path):
+    work, cfg_file, paths = tiny_run
+    from linkstyle.artifacts import figure_files
+
+    names = [name for name, *_ in figure_files(load_config(cfg_file))]
+    assert "concept-recovery" in names and "counterfactuals-regnet" in names and len(names) == 12
+    for name in names:
+        assert paths.figure(name).read_bytes()[:4] == b"\x89PNG"
+        assert paths.figure(name, ".pdf").read_bytes()[:4] == b"%PDF"
+    out = tmp_path / "report.zip"
+    proc = run_snakemake("--directory", str(work), "--configfile", str(cfg_file), "--report", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import zipfile
+
+    with zipfile.ZipFile(out) as z:
+        listed = "\n".join(z.namelist())
+        assert all(f"{name}.png" in listed for name in names), listed
+        captions = "".join(z.read(n).decode(errors="ignore") for n in z.namelist() if n.endswith((".html", ".js")))
+    assert "species really differ" in captions  # the counterfactual-pairs caption
+
+
+@pytest.mark.slow
 def test_counterfactual_stage_rejects_bad_pairs_before_optimising(tiny_run):
     _, cfg_file, paths = tiny_run
     before = paths.counterfactual_items("resnet18").stat().st_mtime_ns
@@ -171,7 +193,7 @@ def test_tiny_workflow_leaves_logs_and_no_temporary_files(tiny_run):
     work, _, paths = tiny_run
     assert not [p for p in paths.root.rglob("*") if ".tmp" in p.name]
     for rule in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report",
-                 "label_export", "label_import", "train_segmenter", "counterfactual"):
+                 "label_export", "label_import", "train_segmenter", "counterfactual", "atlas"):
         logs = list((paths.root / "logs" / rule).glob("*.log"))
         assert logs and all(p.stat().st_size > 0 for p in logs), rule
 
@@ -190,7 +212,7 @@ def test_rerun_recomputes_only_what_is_missing(tiny_run, tmp_path):
         path.unlink()
     proc = run_snakemake(*args, "-n", "--quiet", "rules")
     planned = {tuple(line.split()) for line in (proc.stdout + proc.stderr).splitlines()}
-    assert {("measure", "1"), ("selectivity", "1"), ("report", "1"), ("total", "4")} <= planned, planned
+    assert {("measure", "1"), ("selectivity", "1"), ("report", "1"), ("atlas", "1"), ("total", "5")} <= planned, planned
     proc = run_snakemake(*args, "--cores", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert paths.measure_table("regnet", 1).exists() and paths.summary.exists()
