@@ -280,3 +280,18 @@ def test_measure_vs_tune_benchmark_runs_on_the_tiny_run(tiny_run, tmp_path):
     result = json.loads(out.read_text())
     assert result["segmenter"] == "learned" and result["images_per_repeat"] == 2 * 6 * 3
     assert result["tune_ms_per_image"] > 0 and result["measure_ms_per_image"] > 0
+
+
+@pytest.mark.slow
+def test_figures_name_the_stage_to_run_when_an_artifact_is_missing(tiny_run, tmp_path):
+    shared, _, _ = tiny_run
+    work = tmp_path / "copy"
+    shutil.copytree(shared, work, symlinks=True)
+    cfg_file, paths = work / "tiny.yaml", RunPaths(work / "results" / "tiny")
+    paths.counterfactual_metrics("regnet").unlink()
+    before = paths.figure("linking").stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "linkstyle", "report", "--config", str(cfg_file)], cwd=work,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "counterfactual/regnet/metrics.json" in proc.stderr and "linkstyle counterfactual --classifier regnet" in proc.stderr
+    assert paths.figure("linking").stat().st_mtime_ns == before  # checked before drawing anything

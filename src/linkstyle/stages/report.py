@@ -25,7 +25,7 @@ from ..artifacts import (  # noqa: E402
     SELECTIVITY_UNITS,
     TUNE_ARRAYS,
 )
-from ..io import empty_table, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
+from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
 from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
@@ -180,23 +180,29 @@ def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
 
 
 def figure_linking(link_metrics: dict[str, dict[str, Any]], path: Path) -> bytes:
+    """Per classifier, on the held-out split: R² of w (OLS, ridge), cycle agreement (the class of the
+    re-rendered image), r-correlation (the re-rendered image's features against the original's) and CKA."""
     names = list(link_metrics)
     series = {
-        "R² ols": [m["ols"]["test"]["r2"] for m in link_metrics.values()],
-        "R² ridge": [m["ridge"]["test"]["r2"] for m in link_metrics.values()],
-        "cycle ols": [m["ols"]["test"]["cycle_agreement"] for m in link_metrics.values()],
-        "cycle ridge": [m["ridge"]["test"]["cycle_agreement"] for m in link_metrics.values()],
-        "CKA(r, w)": [m["geometry"]["linear_cka"] for m in link_metrics.values()],
+        "R² (OLS)": [m["ols"]["test"]["r2"] for m in link_metrics.values()],
+        "R² (ridge)": [m["ridge"]["test"]["r2"] for m in link_metrics.values()],
+        "cycle agreement (OLS)": [m["ols"]["test"]["cycle_agreement"] for m in link_metrics.values()],
+        "cycle agreement (ridge)": [m["ridge"]["test"]["cycle_agreement"] for m in link_metrics.values()],
+        "r-correlation (ridge)": [m["ridge"]["test"]["cycle_feature_correlation"] for m in link_metrics.values()],
+        "linear CKA(r, w)": [m["geometry"]["linear_cka"] for m in link_metrics.values()],
     }
-    fig, ax = plt.subplots(figsize=(1.8 + 2.2 * len(names), 3.2))
+    fig, ax = plt.subplots(figsize=(2.0 + 2.4 * len(names), 3.6))
     width = 0.8 / len(series)
     x = np.arange(len(names))
     for i, (label, values) in enumerate(series.items()):
-        ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label)
+        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label, color=PALETTE[i % len(PALETTE)])
+        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
     ax.set_xticks(x, names)
-    ax.set_ylim(min(0.0, *[v for vs in series.values() for v in vs]), 1.0)
-    ax.set_title("linking quality on the held-out split", fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_ylim(min(0.0, *[v for vs in series.values() for v in vs]), 1.1)
+    ax.set_ylabel("held-out score", fontsize=8)
+    ax.set_title("linking r -> w on the held-out split", fontsize=9)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
+    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -310,8 +316,27 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
+def require_inputs(ctx: Context) -> None:
+    """Every artifact the report reads, checked before any figure is drawn: a missing one names the
+    stage that makes it (and how to run it), and nothing is redrawn from half the inputs."""
+    cfg, paths = ctx.cfg, ctx.paths
+    needed = [(paths.link_metrics(c.name), ctx.origin("link", classifier=c.name)) for c in cfg.classifiers]
+    for c in cfg.classifiers:
+        sel, cf = ctx.origin("selectivity", classifier=c.name), ctx.origin("counterfactual", classifier=c.name)
+        needed += [(paths.selectivity_units(c.name), sel), (paths.selectivity_features(c.name), sel),
+                   (paths.selectivity_population(c.name), sel), (paths.selectivity_recovery(c.name), sel),
+                   (paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
+                   (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
+        if c.kind in TRAINED_BY_WORKFLOW:
+            needed.append((paths.classifier_metrics(c.name), ctx.origin("train", classifier=c.name)))
+    for path, made in needed:
+        if not path.is_file():
+            raise missing_error(path, made)
+
+
 def run_report(ctx: Context) -> None:
     cfg, paths = ctx.cfg, ctx.paths
+    require_inputs(ctx)
     figs: list[tuple[str, str, bytes]] = []
     link_metrics = {
         c.name: read_json(paths.link_metrics(c.name), origin=ctx.origin("link", classifier=c.name), keys=LINK_METRICS)
