@@ -159,6 +159,7 @@ FIGURE_KINDS = (
     ("sweeps", True, "Units"),
     ("selectivity", True, "Units"),
     ("population", True, "Population"),
+    ("population-compare", False, "Population"),
     ("counterfactuals", True, "Counterfactuals"),
     ("counterfactual-pairs", True, "Counterfactuals"),
     ("concept-recovery", False, "Ground truth"),

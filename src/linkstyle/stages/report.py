@@ -156,6 +156,36 @@ def figure_population(population: pd.DataFrame, units: pd.DataFrame, name: str, 
     return _save(fig, path)
 
 
+def figure_population_compare(units: dict[str, pd.DataFrame], populations: dict[str, pd.DataFrame], path: Path) -> bytes:
+    """The classifiers side by side: how selective their units are, and which parts their labels name."""
+    names = list(units)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
+    bins = np.linspace(0, 1, 26)
+    for i, name in enumerate(names):
+        colour = PALETTE[i % len(PALETTE)]
+        axes[0].hist(units[name]["selectivity_index"].dropna(), bins=bins, histtype="step", lw=1.5, density=True,
+                     color=colour, label=f"{name} ({len(units[name])} units)")
+        axes[1].hist(units[name]["faithfulness"].dropna(), bins=np.linspace(-1, 1, 21), histtype="step", lw=1.5,
+                     density=True, color=colour, label=name)
+    axes[0].set_title("selectivity index (density)", fontsize=9)
+    axes[0].legend(fontsize=7)
+    axes[1].set_title("faithfulness (density)", fontsize=9)
+    axes[1].set_xlabel("median Spearman(target, realised)", fontsize=8)
+    parts = list(dict.fromkeys(p for pop in populations.values() for p in pop["part"] if p != "*"))
+    width = 0.8 / max(len(names), 1)
+    x = np.arange(len(parts))
+    for i, name in enumerate(names):
+        pop = populations[name]
+        per_part = pop[(pop["property"] == "*") & (pop["part"] != "*")].set_index("part").reindex(parts)
+        axes[2].bar(x + i * width - 0.4 + width / 2, per_part["share"].fillna(0), width, color=PALETTE[i % len(PALETTE)], label=name)
+    axes[2].set_xticks(x, parts, rotation=45, fontsize=8)
+    axes[2].set_title("share of units labelled, per part", fontsize=9)
+    axes[2].legend(fontsize=7)
+    fig.suptitle("classifiers side by side", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
     """Concept recovery on the built-in world: does the label name the factor that really changed?"""
     groups = [(c, m) for c, m in recovery[["classifier", "masks"]].drop_duplicates().itertuples(index=False)]
@@ -346,6 +376,8 @@ def run_report(ctx: Context) -> None:
     summary_clf: dict[str, Any] = {}
     unit_rows: dict[str, list[dict[str, Any]]] = {}
     recoveries = []
+    all_units: dict[str, pd.DataFrame] = {}
+    all_populations: dict[str, pd.DataFrame] = {}
     for clf in cfg.classifiers:
         name = clf.name
         made = ctx.origin("selectivity", classifier=name)
@@ -367,6 +399,7 @@ def run_report(ctx: Context) -> None:
                                        paths.figures / f"population-{name}.png")))
         if len(recovery):
             recoveries.append(recovery)
+        all_units[name], all_populations[name] = units, population
         cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
         cf_drivers = label_drivers(cf_drivers, units)
         figs.append((f"{name}: counterfactuals", "For one start sample per class pair: the image rendered from the linked "
@@ -424,6 +457,9 @@ def run_report(ctx: Context) -> None:
             }
             for r in top.itertuples()
         ]
+    figs.append(("Classifiers side by side", "The selectivity index and faithfulness of every analysed unit, and the share "
+                 "of units whose label names each part, for all classifiers in one figure.",
+                 figure_population_compare(all_units, all_populations, paths.figure("population-compare"))))
     if cfg.generator.kind == "critters":  # drawn even when no unit is labelled (then with no bars)
         recovery_all = pd.concat(recoveries, ignore_index=True) if recoveries else empty_table(SELECTIVITY_RECOVERY)
         figs.append(("Concept recovery (ground truth)", "For every labelled unit of the built-in world, does its label name "
