@@ -181,7 +181,10 @@ def test_a_killed_job_is_retried_and_the_run_completes(slurm_run):
     victim = slurm_run["killed"]
     attempts = [j["state"] for j in slurm_run["accounting"]
                 if j["comment"] == victim["comment"] and j["id"] not in slurm_run["first_run_jobs"]]
-    assert attempts == ["FAILED", "COMPLETED"], slurm_run["accounting"]
+    # The killed attempt ends FAILED, or "CANCELLED by 0" when the executor's status check saw it fail
+    # while SLURM was still completing it and cancelled it (seen under load); either way it is retried.
+    assert len(attempts) == 2 and attempts[1] == "COMPLETED", slurm_run["accounting"]
+    assert attempts[0] == "FAILED" or attempts[0].startswith("CANCELLED"), slurm_run["accounting"]
 
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):

@@ -339,7 +339,8 @@ __SCRIPTS__
     $("unit-view").style.display = "none"; $("index-view").style.display = "block";
   }
 
-  for (const id of ["search", "classifier", "part", "property", "selective", "sort"]) $(id).addEventListener("input", apply);
+  $("search").addEventListener("input", apply);
+  for (const id of ["classifier", "part", "property", "selective", "sort"]) $(id).addEventListener("change", apply);
   $("prev").addEventListener("click", () => { page = Math.max(0, page - 1); render(); });
   $("next").addEventListener("click", () => { page += 1; render(); });
   $("units").addEventListener("click", (e) => {
