@@ -347,10 +347,11 @@ def _fmt(v: Any) -> str:
 
 
 def require_inputs(ctx: Context) -> None:
-    """Every artifact the report reads, checked before any figure is drawn: a missing one names the
-    stage that makes it (and how to run it), and nothing is redrawn from half the inputs."""
+    """Every artifact the report reads after the link metrics, checked before any figure is drawn: a
+    missing one names the stage that makes it (and how to run it), and nothing is redrawn from half
+    the inputs."""
     cfg, paths = ctx.cfg, ctx.paths
-    needed = [(paths.link_metrics(c.name), ctx.origin("link", classifier=c.name)) for c in cfg.classifiers]
+    needed = []
     for c in cfg.classifiers:
         sel, cf = ctx.origin("selectivity", classifier=c.name), ctx.origin("counterfactual", classifier=c.name)
         needed += [(paths.selectivity_units(c.name), sel), (paths.selectivity_features(c.name), sel),
@@ -366,12 +367,12 @@ def require_inputs(ctx: Context) -> None:
 
 def run_report(ctx: Context) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    require_inputs(ctx)
     figs: list[tuple[str, str, bytes]] = []
     link_metrics = {
         c.name: read_json(paths.link_metrics(c.name), origin=ctx.origin("link", classifier=c.name), keys=LINK_METRICS)
         for c in cfg.classifiers
     }
+    require_inputs(ctx)
     figs.append(("Linking quality", "OLS and ridge maps r -> w on the test split.", figure_linking(link_metrics, paths.figures / "linking.png")))
     summary_clf: dict[str, Any] = {}
     unit_rows: dict[str, list[dict[str, Any]]] = {}
