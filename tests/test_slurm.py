@@ -179,12 +179,14 @@ def test_resumed_run_does_only_what_was_missing(slurm_run):
 def test_a_killed_job_is_retried_and_the_run_completes(slurm_run):
     assert slurm_run["second_rc"] == 0, slurm_run["second_log"][-4000:]
     victim = slurm_run["killed"]
-    attempts = [j["state"] for j in slurm_run["accounting"]
-                if j["comment"] == victim["comment"] and j["id"] not in slurm_run["first_run_jobs"]]
-    # The killed attempt ends FAILED, or "CANCELLED by 0" when the executor's status check saw it fail
-    # while SLURM was still completing it and cancelled it (seen under load); either way it is retried.
-    assert len(attempts) == 2 and attempts[1] == "COMPLETED", slurm_run["accounting"]
-    assert attempts[0] == "FAILED" or attempts[0].startswith("CANCELLED"), slurm_run["accounting"]
+    jobs = [j for j in slurm_run["accounting"] if j["comment"] == victim["comment"] and j["id"] not in slurm_run["first_run_jobs"]]
+    killed = [j for j in jobs if j["id"] == victim["id"]]
+    # The killed job ends FAILED, or "CANCELLED by 0" when the executor's status check saw it fail while
+    # SLURM was still completing it and cancelled it (seen under load); a later job of the same rule
+    # and wildcards completes. (A job the first run's Ctrl-C left behind can appear here too, cancelled.)
+    assert len(killed) == 1 and (killed[0]["state"] == "FAILED" or killed[0]["state"].startswith("CANCELLED")), jobs
+    later = [j for j in jobs if int(j["id"].split("_")[0]) > int(victim["id"].split("_")[0])]
+    assert later and later[-1]["state"] == "COMPLETED", jobs
 
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
