@@ -113,13 +113,13 @@ def validate(raw: Mapping[str, Any] | None) -> dict[str, Any]:
             if err.validator == "additionalProperties":
                 allowed = sorted(err.schema.get("properties", {}))
                 unknown = sorted(set(err.instance) - set(allowed)) if isinstance(err.instance, dict) else []
-                lines.append(f"{_key(path)}: {err.message}; allowed keys: {', '.join(allowed)}{_did_you_mean(unknown, allowed)}")
+                lines.append(f"{_key(path)}: {err.message}; allowed keys: {', '.join(allowed)}{did_you_mean(unknown, allowed)}")
                 continue
             if err.validator == "enum":
                 valid = [str(v) for v in err.validator_value]
                 typo = [err.instance] if isinstance(err.instance, str) else []
                 lines.append(
-                    f"{_key(path)}: {err.instance!r} is not allowed; valid values: " + ", ".join(valid) + _did_you_mean(typo, valid)
+                    f"{_key(path)}: {err.instance!r} is not allowed; valid values: " + ", ".join(valid) + did_you_mean(typo, valid)
                 )
                 continue
             message = err.message
@@ -137,7 +137,7 @@ def validate(raw: Mapping[str, Any] | None) -> dict[str, Any]:
     return cfg
 
 
-def _did_you_mean(given: list[str], valid: list[str]) -> str:
+def did_you_mean(given: list[str], valid: list[str]) -> str:
     """'; did you mean 'n_steps'?' for near misses, so a typo is fixed without reading the schema."""
     pairs = [(g, m[0]) for g in given if (m := difflib.get_close_matches(g, valid, n=1, cutoff=0.6))]
     if not pairs:

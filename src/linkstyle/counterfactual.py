@@ -273,6 +273,12 @@ def _validate(r, origin, target, head, coef, intercept, settings):
 # ----------------------------------------------------------------------------- the search
 
 
+def _pair_probs(logits: torch.Tensor, origin: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Softmax probabilities [n, 2] of each row's origin and target class."""
+    prob = logits.double().softmax(1)
+    return torch.stack([prob.gather(1, origin[:, None])[:, 0], prob.gather(1, target[:, None])[:, 0]], 1)
+
+
 def _relu(x: torch.Tensor) -> torch.Tensor:
     """max(x, 0) with subgradient 1 at exactly 0, so that units at 0 can be switched on."""
     return torch.where(x >= 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
@@ -378,8 +384,11 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
     success = torch.zeros(n, dtype=torch.bool, device=dev)
     steps = torch.full((n,), s.max_steps, dtype=torch.long, device=dev)
     pred = torch.full((n,), -1, dtype=torch.long, device=dev)
-    rendered_p = torch.full((n, 2), float("nan"), dtype=f64, device=dev)  # rendered p(origin), p(target)
+    rendered_p = torch.full((n, 2), float("nan"), dtype=f64, device=dev)  # check's p(origin), p(target)
     rendered_p_before = rendered_p.clone()
+    # Without a check, the loss's own logits decide success; keep each item's latest ones, so that
+    # the final logits need no second pass (with ``render``, no second rendering of every item).
+    latest = torch.full((n, classes), float("nan"), dtype=f64, device=dev)
 
     def score_chunked(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
         """The loss's logits without gradients, ``render_batch`` items at a time when rendering."""
@@ -392,14 +401,13 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
         rp = relu(r[idx] - d[idx])
         wp = rp @ coef + intercept
         if check is None:
-            return score_chunked(rp, wp).argmax(1)
+            latest[idx] = score_chunked(rp, wp)
+            return latest[idx].argmax(1)
         with torch.no_grad():
             out = check(wp.float())
         out = torch.as_tensor(out).to(dev)
         if out.ndim == 2 and out.shape == (len(idx), classes):
-            prob = out.double().softmax(1)
-            rendered_p[idx] = torch.stack([prob.gather(1, origin[idx, None])[:, 0],
-                                           prob.gather(1, target[idx, None])[:, 0]], 1)
+            rendered_p[idx] = _pair_probs(out, origin[idx], target[idx])
             out = out.argmax(1)
         if out.shape != (len(idx),):
             raise CounterfactualError(f"check must return logits [{len(idx)}, {classes}] or one class per w "
@@ -419,6 +427,8 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
         record(everyone, 0)
     pred_before = pred.clone()
     rendered_p_before.copy_(rendered_p)
+    logits_before = latest.clone()
+
     def gradient(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """d loss / d shift of items ``idx`` (a sum of per-item terms, so chunks are exact), and the
         loss's logits at the current shift (detached)."""
@@ -454,9 +464,8 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
             hit = seen.argmax(1) == target[idx]
             if bool(hit.any()):
                 won = idx[hit]
-                prob = seen[hit].softmax(1)
-                rendered_p[won] = torch.stack([prob.gather(1, origin[won, None])[:, 0],
-                                               prob.gather(1, target[won, None])[:, 0]], 1)
+                rendered_p[won] = _pair_probs(seen[hit], origin[won], target[won])
+                latest[won] = seen[hit]
                 pred[won], success[won], done[won], steps[won] = target[won], True, True, step - 1
                 idx, grad = idx[~hit], grad[~hit]
                 if len(idx) == 0:
@@ -482,8 +491,10 @@ def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSe
         r_after = relu(r - d)
         shift = r - r_after
         w_after = r_after @ coef + intercept
-        logits_before = score_chunked(r, w0)
-        logits_after = score_chunked(r_after, w_after)
+        if check is None:  # every item's state at step 0 and at its end was scored on the way
+            logits_after = latest
+        else:
+            logits_before, logits_after = score_chunked(r, w0), score_chunked(r_after, w_after)
         p_before, p_after = logits_before.softmax(1), logits_after.softmax(1)
         rows = everyone
         conf = {"conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],

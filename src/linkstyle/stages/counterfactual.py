@@ -24,7 +24,7 @@ from ..artifacts import (
     COUNTERFACTUAL_ITEMS,
     COUNTERFACTUAL_METRICS,
 )
-from ..config import MAX_CLASSES_FOR_ALL_PAIRS, Config, CounterfactualConfig
+from ..config import MAX_CLASSES_FOR_ALL_PAIRS, Config, CounterfactualConfig, did_you_mean
 from ..counterfactual import (
     CounterfactualError,
     CounterfactualResult,
@@ -72,10 +72,7 @@ def resolve_pairs(cfg: Config, class_names: tuple[str, ...]) -> list[tuple[int, 
             return value
         found = lookup.get(value, lower.get(value.lower()))
         if found is None:
-            import difflib
-
-            close = difflib.get_close_matches(value, class_names, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            hint = did_you_mean([value], list(class_names))
             shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
             raise CounterfactualError(f"{where}: unknown class name {value!r}; the generator's classes are {shown}{hint}")
         if found not in classes:
@@ -184,9 +181,6 @@ def run_counterfactual(ctx: Context, name: str) -> None:
     r = arrays["r"].astype(np.float32)
     settings = settings_of(cc, nonnegative=bool((r >= 0).all()))
     link = load_link(ctx, name, dims={"units": r.shape[1], "w_dim": arrays["w"].shape[1]})
-    if cc.logits_from == "back_map" and (link.back_coef is None or link.back_intercept is None):
-        raise CounterfactualError(f"{paths.link_model(name)} has no back map w -> r (made by an older linkstyle): "
-                                  f"rerun the link stage (snakemake --forcerun link)")
     gen, clf = ctx.generator, ctx.classifier(name)
     # Every check fails here, before any rendering or optimisation: names, pairs, head.
     pairs = resolve_pairs(cfg, tuple(gen.class_names))
@@ -221,7 +215,9 @@ def run_counterfactual(ctx: Context, name: str) -> None:
     res = CounterfactualResult.concat(parts)
     log.info("%s: %d counterfactuals over %d pairs, success %.2f", name, len(res), len(pairs), res.success_rate)
 
-    before = render_uint8(ctx, res.w_before.numpy())
+    # Every target of one origin starts from the same samples: render each start once.
+    _, first, start_of = np.unique(rows, return_index=True, return_inverse=True)
+    before = render_uint8(ctx, res.w_before.numpy()[first])[start_of]
     after = render_uint8(ctx, res.w_after.numpy())
     distance = np.abs(after.astype(np.float32) - before.astype(np.float32)).mean((1, 2, 3)) / 255.0
     image_item = np.concatenate([np.flatnonzero((origin == o) & (target == t))[: cc.images_per_pair] for o, t in pairs])

@@ -25,9 +25,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from ..artifacts import TUNE_TABLE, measure_table
+from ..artifacts import SELECTIVITY_RECOVERY, TUNE_TABLE, measure_table
 from ..config import Config, SelectivityConfig
-from ..io import artifact_error, read_parquet, write_parquet
+from ..io import artifact_error, empty_table, read_parquet, write_parquet
 from ..measures import MOTION_PROPERTIES, PROPERTIES
 from ..units import unit_shards
 from .context import Context
@@ -40,8 +40,6 @@ NO_CONCEPT = "none"
 #: Mask sources a measure table may hold: the configured one, and the generator's exact masks
 #: alongside a learned segmenter's on the built-in world (to validate the segmenter's conclusions).
 MASK_SOURCES = ("truth", "segmenter", "whole_image")
-RECOVERY_COLUMNS = ("masks", "part", "n_units", "n_labelled", "part_agreement", "concept_agreement",
-                    "chance_part_agreement", "chance_concept_agreement", "swept_iou")
 
 
 @dataclass(frozen=True)
@@ -150,9 +148,7 @@ def run_selectivity(ctx: Context, name: str) -> None:
             # The same analysis on exact masks: does the segmenter lead to the truth's conclusions?
             on_truth = summarise(ctx.cfg, _read_shards(ctx, name, "truth"))
             frames.append(concept_recovery(on_truth.units, concepts, "truth"))
-    recovery = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-        {c: pd.Series(dtype=float if c.endswith(("agreement", "iou")) else int if c.startswith("n_") else "string")
-         for c in RECOVERY_COLUMNS})
+    recovery = pd.concat(frames, ignore_index=True) if frames else empty_table(SELECTIVITY_RECOVERY)
     write_parquet(result.features, paths.selectivity_features(name), made)
     write_parquet(result.units, paths.selectivity_units(name), made)
     write_parquet(result.population.assign(classifier=name), paths.selectivity_population(name), made)
