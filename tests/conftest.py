@@ -51,6 +51,7 @@ TINY = {
     # every ordered pair of the 3 species, 4 start samples each; the built-in world's weights
     # (the 80-step tiny RegNet moves slowly at the default lr 0.01: 0.25 success against 0.79 at 0.05)
     "counterfactual": {"samples_per_pair": 4, "weight_cosine": 1.0, "weight_other": 1.0, "lr": 0.05, "images_per_pair": 2},
+    "actmax": {"steps": 24, "batch_size": 8},
 }
 
 

@@ -150,6 +150,17 @@ COUNTERFACTUAL_FACTORS: Columns = {
 
 COUNTERFACTUAL_METRICS = ("classifier", "items", "success_rate", "pairs")
 
+ACTMAX_TABLE: Columns = {
+    "unit": "i", "activation": "f", "observed_high": "f", "steps": "i", "seconds_per_unit": "f",
+}
+
+ACTMAX_ARRAYS: dict[str, Array] = {
+    "unit": Array("i", _ROWS),
+    "images": Array("uint8", ("n", "height", "width", 3)),
+    "activation": Array("f", _ROWS),
+    "history": Array("f", ("n", None)),
+}
+
 
 #: Every figure of a run: (file stem, classifier or None, report category). The report stage draws
 #: exactly these (PNG for the report, PDF for papers) and the report rule declares them, each with
@@ -160,6 +171,7 @@ FIGURE_KINDS = (
     ("selectivity", True, "Units"),
     ("population", True, "Population"),
     ("population-compare", False, "Population"),
+    ("actmax", True, "Units"),
     ("counterfactuals", True, "Counterfactuals"),
     ("counterfactual-pairs", True, "Counterfactuals"),
     ("concept-recovery", False, "Ground truth"),

@@ -38,6 +38,8 @@ STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
                     [("classifier", str, "classifier name")]),
     "counterfactual": ("Find feature shifts that make the rendered image change class, for every configured class pair, "
                        "and what they change.", [("classifier", str, "classifier name")]),
+    "actmax": ("Activation maximisation (the baseline visualisation): optimise one image per unit of actmax.units "
+               "so that the unit rises, no generator involved.", [("classifier", str, "classifier name")]),
     "atlas": ("Write the unit atlas: a static site of every unit of every classifier that opens from disk.", []),
     "report": ("Draw the figures and write report.html and summary.json.", []),
 }

@@ -48,6 +48,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "measure": ("measure",),
     "selectivity": ("selectivity",),
     "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
+    "actmax": ("actmax", "report.top_units", "selectivity"),
     "report": ("report",),
     "atlas": ("tune",),
 }
@@ -368,6 +369,16 @@ class CounterfactualConfig:
 
 
 @dataclass(frozen=True)
+class ActmaxConfig:
+    units: str | tuple[int, ...]
+    steps: int
+    lr: float
+    decorrelate: bool
+    transforms: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
 class ReportConfig:
     top_units: int
 
@@ -391,6 +402,7 @@ class Config:
     segmentation: SegmentationConfig
     selectivity: SelectivityConfig
     counterfactual: CounterfactualConfig
+    actmax: ActmaxConfig
     report: ReportConfig
     precision: str = "fp32"
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False, default_factory=dict)
@@ -458,6 +470,8 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
             "pairs": cfg["counterfactual"]["pairs"] if isinstance(cfg["counterfactual"]["pairs"], str)
             else tuple(tuple(p) for p in cfg["counterfactual"]["pairs"]),
         }),
+        actmax=ActmaxConfig(**{**cfg["actmax"], "units": cfg["actmax"]["units"] if isinstance(cfg["actmax"]["units"], str)
+                               else tuple(cfg["actmax"]["units"])}),
         report=ReportConfig(**cfg["report"]),
         raw=cfg,
     )

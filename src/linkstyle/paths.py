@@ -92,6 +92,14 @@ class RunPaths:
     def counterfactual_metrics(self, clf: object) -> Path:
         return self._p("counterfactual", clf, "metrics.json")
 
+    def actmax_table(self, clf: object) -> Path:
+        """Activation maximisation baseline: per unit, the activation reached and the cost."""
+        return self._p("actmax", clf, "units.parquet")
+
+    def actmax_arrays(self, clf: object) -> Path:
+        """Activation maximisation baseline: the optimised images and activation histories."""
+        return self._p("actmax", clf, "images.npz")
+
     @property
     def labels_dir(self) -> Path:
         """Images exported for labelling (images/, truth/ on the built-in world, manifest.json)."""

@@ -21,3 +21,24 @@ rule counterfactual:
         "../../envs/linkstyle.yaml"
     shell:
         "{STAGE} counterfactual --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+
+
+rule actmax:
+    """Activation maximisation of the report's units: the baseline the linking sweeps are compared with (GPU-bound: back-propagates)."""
+    input:
+        PATHS.selectivity_units("{clf}"),
+        PATHS.select_arrays("{clf}"),
+    output:
+        table=PATHS.actmax_table("{clf}"),
+        arrays=PATHS.actmax_arrays("{clf}"),
+    params:
+        config=digest("actmax"),
+    log:
+        PATHS.log("actmax", "{clf}"),
+    benchmark:
+        PATHS.benchmark("actmax", "{clf}")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} actmax --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"

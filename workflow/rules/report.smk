@@ -29,6 +29,8 @@ rule report:
         [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
         [PATHS.counterfactual_factors(c) for c in CLASSIFIERS],
         [PATHS.counterfactual_metrics(c) for c in CLASSIFIERS],
+        [PATHS.actmax_table(c) for c in CLASSIFIERS],
+        [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
     output:
         report=PATHS.report,
         summary=PATHS.summary,

@@ -28,20 +28,12 @@ from ..artifacts import (  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
+from .actmax import read_actmax  # noqa: E402
 from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
-from .selectivity import UNRANKED  # noqa: E402
+from .selectivity import UNRANKED, top_units  # noqa: E402
 
 #: Okabe-Ito: distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-
-
-def top_units(units: pd.DataFrame, n: int) -> pd.DataFrame:
-    """The units whose sweep changes one measured property most and most selectively: faithful and
-    labelled ones first, then faithful ones, then the rest (so the figure is never empty)."""
-    score = units["top_delta_std"].abs().fillna(0.0) * units["selectivity_index"]
-    tier = units["faithful"].astype(int) * 2 + units["selective"].astype(int)
-    ranked = units.assign(score=score, tier=tier).sort_values(["tier", "score", "unit"], ascending=[False, False, True])
-    return ranked.head(n)
 
 
 def unit_caption(info: Any) -> str:
@@ -101,6 +93,48 @@ def figure_sweeps(ctx: Context, images: dict[int, np.ndarray], name: str, top: p
             )
     fig.suptitle(f"{name}: most selective units, low -> high activation", fontsize=9)
     return _save(fig, path)
+
+
+def figure_actmax(ctx: Context, sweeps: dict[int, np.ndarray], table: pd.DataFrame, arrays: dict[str, np.ndarray],
+                  name: str, path: Path) -> bytes:
+    """Each unit's linking sweep (first start sample) beside its activation-maximising image."""
+    k = ctx.cfg.tune.n_steps
+    units = [int(u) for u in arrays["unit"]]
+    fig, axes = plt.subplots(len(units), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(units)), squeeze=False)
+    for row, u in enumerate(units):
+        info = table.iloc[row]
+        for step in range(k):
+            ax = axes[row, step]
+            if u in sweeps:
+                ax.imshow(sweeps[u][0, step])
+            else:
+                ax.text(0.5, 0.5, "not swept\n(tune.units)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
+            if row == 0:
+                ax.set_title(f"linking\nstep {step}", fontsize=7)
+        axes[row, k].imshow(arrays["images"][row])
+        if row == 0:
+            axes[row, k].set_title(f"actmax\n{int(info['steps'])} steps", fontsize=7)
+        for ax in axes[row]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[row, 0].set_ylabel(f"unit {u}\nactmax {info['activation']:.2f}\ndata max {info['observed_high']:.2f}", fontsize=7)
+    fig.suptitle(f"{name}: linking sweeps vs activation maximisation", fontsize=9)
+    return _save(fig, path)
+
+
+def actmax_summary(table: pd.DataFrame, tune_seconds: float | None, units_swept: int) -> dict[str, Any]:
+    """The baseline's cost per unit beside linking's: the tune jobs' wall time (start-up included) per swept unit."""
+    linking = tune_seconds / units_swept if tune_seconds and units_swept else None
+    per_unit = float(table["seconds_per_unit"].median()) if len(table) else None
+    ratio = table["activation"] / table["observed_high"].where(table["observed_high"] > 0)
+    return {
+        "units": int(len(table)),
+        "steps": int(table["steps"].iloc[0]) if len(table) else None,
+        "seconds_per_unit": per_unit,
+        "tune_job_seconds_per_unit": linking,
+        "actmax_over_tune_job": per_unit / linking if per_unit and linking else None,
+        "median_activation_over_data_max": float(ratio.median()) if ratio.notna().any() else None,
+    }
 
 
 def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, path: Path, bars: int = 8) -> bytes:
@@ -326,6 +360,12 @@ def stage_timing(bench_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def job_seconds(bench_dir: Path, rule: str, classifier: str) -> float | None:
+    """Wall time of one classifier's jobs of ``rule``, summed (None before any ran under Snakemake)."""
+    files = sorted((bench_dir / rule).glob(f"{classifier}-*.tsv")) + sorted((bench_dir / rule).glob(f"{classifier}.tsv"))
+    return sum(float(pd.read_csv(f, sep="\t").iloc[-1]["s"]) for f in files) if files else None
+
+
 def _img(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
@@ -358,6 +398,8 @@ def require_inputs(ctx: Context) -> None:
                    (paths.selectivity_population(c.name), sel), (paths.selectivity_recovery(c.name), sel),
                    (paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
                    (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
+        am = ctx.origin("actmax", classifier=c.name)
+        needed += [(paths.actmax_table(c.name), am), (paths.actmax_arrays(c.name), am)]
         if c.kind in TRAINED_BY_WORKFLOW:
             needed.append((paths.classifier_metrics(c.name), ctx.origin("train", classifier=c.name)))
     for path, made in needed:
@@ -392,6 +434,14 @@ def run_report(ctx: Context) -> None:
         figs.append((f"{name}: sweeps", "Each row is one unit swept from its lowest to its highest observed activation, for two "
                      "start samples; the label names the part and property that change most, or says why there is none.",
                      figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
+        am_table, am_arrays = read_actmax(ctx, name)
+        swept = set(analysed_units(cfg, name))
+        am_sweeps = {**images, **sweep_images(ctx, name, [int(u) for u in am_arrays["unit"] if u in swept and u not in images])}
+        figs.append((f"{name}: activation maximisation", "Each row is one unit: its linking sweep (one start sample, low to "
+                     "high activation; one generator pass per image) beside the image that activation maximisation "
+                     "optimised for it (actmax.steps forward and backward passes of the classifier). The label gives "
+                     "the unit's activation on that image and the largest one seen on real samples.",
+                     figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))))
         figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in standard deviations of the property.",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
         figs.append((f"{name}: population", "Faithfulness of all sweeps, the selectivity index, and the share of units whose "
@@ -442,6 +492,7 @@ def run_report(ctx: Context) -> None:
             },
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
             "counterfactual": counterfactual_summary(cf_metrics, cf_drivers),
+            "actmax": actmax_summary(am_table, job_seconds(paths.root / "benchmarks", "tune", name), int(units["unit"].nunique())),
         }
         unit_rows[name] = [
             {

@@ -416,3 +416,12 @@ def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str
             if swept_iou else np.nan,
         })
     return pd.DataFrame(rows)
+
+
+def top_units(units: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The units whose sweep changes one measured property most and most selectively: faithful and
+    labelled ones first, then faithful ones, then the rest (so the figure is never empty)."""
+    score = units["top_delta_std"].abs().fillna(0.0) * units["selectivity_index"]
+    tier = units["faithful"].astype(int) * 2 + units["selective"].astype(int)
+    ranked = units.assign(score=score, tier=tier).sort_values(["tier", "score", "unit"], ascending=[False, False, True])
+    return ranked.head(n)

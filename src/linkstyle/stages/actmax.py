@@ -1,0 +1,60 @@
+"""Activation maximisation of the units the report shows (or a configured list): the baseline
+visualisation, drawn beside each unit's linking sweep (docs/actmax.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..actmax import ActmaxSettings, maximise
+from ..artifacts import ACTMAX_ARRAYS, ACTMAX_TABLE, SELECTIVITY_UNITS
+from ..errors import LinkstyleError
+from ..io import read_npz, read_parquet, write_npz, write_parquet
+from .context import Context
+from .link import read_select
+from .selectivity import top_units
+
+
+def actmax_units(ctx: Context, name: str) -> list[int]:
+    """``actmax.units: report`` takes the report's units (read from the selectivity stage), else the list."""
+    cfg = ctx.cfg
+    if cfg.actmax.units == "report":
+        units = read_parquet(ctx.paths.selectivity_units(name), origin=ctx.origin("selectivity", classifier=name),
+                             schema=SELECTIVITY_UNITS)
+        return [int(u) for u in top_units(units, cfg.report.top_units)["unit"]]
+    return list(cfg.actmax.units)
+
+
+def settings_of(ctx: Context) -> ActmaxSettings:
+    a = ctx.cfg.actmax
+    return ActmaxSettings(steps=a.steps, lr=a.lr, decorrelate=a.decorrelate, transforms=a.transforms, batch_size=a.batch_size)
+
+
+def run_actmax(ctx: Context, name: str) -> None:
+    units = actmax_units(ctx, name)
+    clf = ctx.classifier(name)
+    outside = [u for u in units if u >= clf.num_units]
+    if outside:
+        raise LinkstyleError(f"actmax.units: units {outside[:5]} are outside classifier '{name}', which has "
+                             f"{clf.num_units} units (0..{clf.num_units - 1}); list smaller indices or use 'report'")
+    _, select = read_select(ctx, name)
+    result = maximise(clf, units, ctx.generator.resolution, settings=settings_of(ctx), seed=ctx.cfg.seed, device=ctx.device)
+    table = pd.DataFrame({
+        "unit": result.units,
+        "activation": result.activation,
+        "observed_high": select["unit_high"][result.units].astype(np.float32),
+        "steps": np.full(len(units), ctx.cfg.actmax.steps, dtype=np.int64),
+        "seconds_per_unit": np.full(len(units), result.seconds_per_unit, dtype=np.float32),
+    })
+    made = ctx.origin("actmax", classifier=name)
+    paths = ctx.paths
+    write_npz(paths.actmax_arrays(name), made, unit=result.units, images=result.images,
+              activation=result.activation, history=result.history)
+    write_parquet(table, paths.actmax_table(name), made)
+    ctx.wrote(paths.actmax_arrays(name), paths.actmax_table(name))
+
+
+def read_actmax(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    made = ctx.origin("actmax", classifier=name)
+    table = read_parquet(ctx.paths.actmax_table(name), origin=made, schema=ACTMAX_TABLE)
+    return table, read_npz(ctx.paths.actmax_arrays(name), origin=made, arrays=ACTMAX_ARRAYS, dims={"n": len(table)})
