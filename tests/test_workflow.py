@@ -139,7 +139,7 @@ def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_repor
     from linkstyle.artifacts import figure_files
 
     names = [name for name, *_ in figure_files(load_config(cfg_file))]
-    assert "concept-recovery" in names and "counterfactuals-regnet" in names and len(names) == 13
+    assert "concept-recovery" in names and "actmax-regnet" in names and len(names) == 15
     for name in names:
         assert paths.figure(name).read_bytes()[:4] == b"\x89PNG"
         assert paths.figure(name, ".pdf").read_bytes()[:4] == b"%PDF"

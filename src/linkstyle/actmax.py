@@ -149,7 +149,6 @@ def maximise_batch(clf: Classifier, units: Sequence[int], size: int, settings: A
     opt = torch.optim.Adam(param.parameters(), lr=settings.lr)
     n_hist = settings.steps // settings.history_every
     history = torch.zeros(len(units), n_hist)
-    clf.requires_grad_(False)
     for step in range(settings.steps):
         opt.zero_grad(set_to_none=True)
         img = param()
@@ -180,11 +179,17 @@ def maximise(clf: Classifier, units: Sequence[int], size: int, *, settings: Actm
     images = np.empty((len(units), size, size, 3), dtype=np.uint8)
     activation = np.empty(len(units), dtype=np.float32)
     history = np.empty((len(units), settings.steps // settings.history_every), dtype=np.float32)
+    trainable = [p.requires_grad for p in clf.parameters()]
+    clf.requires_grad_(False)  # gradients flow to the image only
     start = time.perf_counter()
-    for sl in batches(len(units), settings.batch_size):
-        img, act, hist = maximise_batch(clf, units[sl], size, settings, seeds[sl], device)
-        images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        activation[sl], history[sl] = act.numpy(), hist.numpy()
+    try:
+        for sl in batches(len(units), settings.batch_size):
+            img, act, hist = maximise_batch(clf, units[sl], size, settings, seeds[sl], device)
+            images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            activation[sl], history[sl] = act.numpy(), hist.numpy()
+    finally:
+        for p, flag in zip(clf.parameters(), trainable):
+            p.requires_grad_(flag)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return ActmaxResult(np.asarray(units, dtype=np.int64), images, activation, history, time.perf_counter() - start)

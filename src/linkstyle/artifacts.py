@@ -151,7 +151,7 @@ COUNTERFACTUAL_FACTORS: Columns = {
 COUNTERFACTUAL_METRICS = ("classifier", "items", "success_rate", "pairs")
 
 ACTMAX_TABLE: Columns = {
-    "unit": "i", "activation": "f", "observed_high": "f", "steps": "i", "seconds_per_unit": "f",
+    "unit": "i", "activation": "f", "observed_high": "f", "steps": "i",
 }
 
 ACTMAX_ARRAYS: dict[str, Array] = {

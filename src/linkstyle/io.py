@@ -353,6 +353,76 @@ def write_npz(path: str | Path, origin: Origin | None = None, **arrays: Any) -> 
     return Path(path)
 
 
+class NpzWriter:
+    """An NPZ written slice by slice, so that a job's largest output never sits in memory whole.
+
+    Each declared array goes to its own ``.npy`` part beside ``path`` (temporary names that
+    :func:`atomic_path` cleans up after a killed writer); :meth:`close` packs the parts into the
+    NPZ atomically, as :func:`write_npz` would have written it. Use it as a context manager: on
+    an error the parts are removed and nothing is written.
+    """
+
+    def __init__(self, path: str | Path, origin: Origin | None = None) -> None:
+        self.path = Path(path)
+        self.origin = origin
+        self._parts: dict[str, tuple[Path, int, int]] = {}  # name -> (part file, header bytes, bytes per row)
+        self._small: dict[str, np.ndarray] = {}
+
+    def declare(self, name: str, shape: Sequence[int], dtype: Any) -> None:
+        """Reserve array ``name``; its rows are then filled by :meth:`write`, in any order."""
+        dtype = np.dtype(dtype)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=f".tmp-{name}.npy", dir=self.path.parent)
+            with os.fdopen(fd, "wb") as fh:
+                np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                          "fortran_order": False, "shape": tuple(int(d) for d in shape)})
+                header = fh.tell()
+                fh.truncate(header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+        except OSError as exc:
+            raise ArtifactError(os_error_message(exc, self.path) + "; nothing was written") from exc
+        self._parts[name] = (Path(tmp), header, int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize)
+
+    def write(self, name: str, rows: slice, values: np.ndarray) -> None:
+        part, header, row_bytes = self._parts[name]
+        data = np.ascontiguousarray(values)
+        with open(part, "r+b") as fh:
+            fh.seek(header + rows.start * row_bytes)
+            fh.write(data.tobytes())
+
+    def put(self, name: str, values: Any) -> None:
+        """A small array, kept in memory until :meth:`close`."""
+        self._small[name] = np.asarray(values)
+
+    def close(self) -> Path:
+        import zipfile
+
+        small = dict(self._small)
+        if self.origin is not None:
+            small[ARTIFACT_KEY] = np.array(json.dumps(self.origin.record()))
+        with atomic_path(self.path, ".npz") as tmp:
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+                for name, (part, _, _) in self._parts.items():
+                    zf.write(part, arcname=f"{name}.npy")
+                for name, values in small.items():
+                    with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                        np.lib.format.write_array(fh, values, allow_pickle=False)
+        self._discard()
+        return self.path
+
+    def _discard(self) -> None:
+        for part, _, _ in self._parts.values():
+            part.unlink(missing_ok=True)
+        self._parts.clear()
+
+    def __enter__(self) -> "NpzWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is not None:
+            self._discard()
+
+
 def read_npz(
     path: str | Path,
     *,

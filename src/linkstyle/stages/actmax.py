@@ -3,6 +3,8 @@ visualisation, drawn beside each unit's linking sweep (docs/actmax.md)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -13,6 +15,8 @@ from ..io import read_npz, read_parquet, write_npz, write_parquet
 from .context import Context
 from .link import read_select
 from .selectivity import top_units
+
+log = logging.getLogger("linkstyle")
 
 
 def actmax_units(ctx: Context, name: str) -> list[int]:
@@ -44,7 +48,6 @@ def run_actmax(ctx: Context, name: str) -> None:
         "activation": result.activation,
         "observed_high": select["unit_high"][result.units].astype(np.float32),
         "steps": np.full(len(units), ctx.cfg.actmax.steps, dtype=np.int64),
-        "seconds_per_unit": np.full(len(units), result.seconds_per_unit, dtype=np.float32),
     })
     made = ctx.origin("actmax", classifier=name)
     paths = ctx.paths
@@ -52,6 +55,7 @@ def run_actmax(ctx: Context, name: str) -> None:
               activation=result.activation, history=result.history)
     write_parquet(table, paths.actmax_table(name), made)
     ctx.wrote(paths.actmax_arrays(name), paths.actmax_table(name))
+    log.info("actmax: %d units in %.1f s (%.2f s per unit)", len(units), result.seconds, result.seconds_per_unit)
 
 
 def read_actmax(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

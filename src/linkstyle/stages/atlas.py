@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 
 from ..artifacts import COUNTERFACTUAL_DRIVERS, COUNTERFACTUAL_ITEMS, SELECTIVITY_FEATURES, SELECTIVITY_UNITS, TUNE_ARRAYS
 from ..atlas import ClassifierAtlas, classifier_atlas, sprite_sheet, thumbnails, write_atlas

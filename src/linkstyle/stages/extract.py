@@ -2,41 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import pandas as pd
 import torch
 
 from ..artifacts import SAMPLES
+from ..classifiers.wrapper import Classifier
+from ..generators.base import Generator
 from ..io import read_npz, write_npz, write_parquet
 from ..runtime import autocast, progress, run_batched
 from .context import Context
 
 
 @torch.inference_mode()
-def run_extract(ctx: Context, cls: int, shard: int) -> None:
-    cfg, paths = ctx.cfg, ctx.paths
-    samples = read_npz(paths.samples(cls, shard), origin=ctx.origin("sample", cls=cls, shard=shard), arrays=SAMPLES)
-    w_all = torch.from_numpy(samples["w"])
-    names = [c.name for c in cfg.classifiers]
-    clfs = [ctx.classifier(n) for n in names]
-    n = len(w_all)
-    feats = {name: np.empty((n, clf.num_units), dtype=np.float32) for name, clf in zip(names, clfs)}
-    preds = {name: np.empty(n, dtype=np.int64) for name in names}
-    probs = {name: np.empty((n, 2), dtype=np.float32) for name in names}
+def classify_latents(
+    generator: Generator, classifiers: Mapping[str, Classifier], w: torch.Tensor, true_class: int, *,
+    batch_size: int, device: torch.device, precision: str = "fp32", label: str = "extract",
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Render ``w`` in batches and run every classifier on each batch once: per classifier the features
+    ``r`` [n, units], the prediction [n] and the probabilities of the prediction and of ``true_class`` [n, 2]."""
+    n = len(w)
+    feats = {name: np.empty((n, clf.num_units), dtype=np.float32) for name, clf in classifiers.items()}
+    preds = {name: np.empty(n, dtype=np.int64) for name in classifiers}
+    probs = {name: np.empty((n, 2), dtype=np.float32) for name in classifiers}
+
     def step(sl: slice) -> None:
-        with autocast(ctx.device, cfg.precision):
-            images = ctx.generator.synthesize(w_all[sl].to(ctx.device, non_blocking=True))
-            for name, clf in zip(names, clfs):
+        with autocast(device, precision):
+            images = generator.synthesize(w[sl].to(device, non_blocking=True))
+            for name, clf in classifiers.items():
                 r, logits = clf.features_and_logits(images)
                 p = logits.float().softmax(1)
                 pred = p.argmax(1)
                 feats[name][sl] = r.float().cpu().numpy()
                 preds[name][sl] = pred.cpu().numpy()
                 probs[name][sl, 0] = p.gather(1, pred[:, None])[:, 0].cpu().numpy()
-                probs[name][sl, 1] = p[:, cls].cpu().numpy()
+                probs[name][sl, 1] = p[:, true_class].cpu().numpy()
 
-    with progress(n, f"extract class {cls} shard {shard}") as bar:
-        run_batched(n, cfg.generator.batch_size, step, bar.update, setting="generator.batch_size")
+    with progress(n, label) as bar:
+        run_batched(n, batch_size, step, bar.update, setting="generator.batch_size")
+    return feats, preds, probs
+
+
+def run_extract(ctx: Context, cls: int, shard: int) -> None:
+    cfg, paths = ctx.cfg, ctx.paths
+    samples = read_npz(paths.samples(cls, shard), origin=ctx.origin("sample", cls=cls, shard=shard), arrays=SAMPLES)
+    names = [c.name for c in cfg.classifiers]
+    feats, preds, probs = classify_latents(
+        ctx.generator, {name: ctx.classifier(name) for name in names}, torch.from_numpy(samples["w"]), cls,
+        batch_size=cfg.generator.batch_size, device=ctx.device, precision=cfg.precision,
+        label=f"extract class {cls} shard {shard}",
+    )
     table = pd.concat(
         [
             pd.DataFrame(

@@ -8,6 +8,7 @@ is recorded, so every sweep carries its own faithfulness check.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ import pandas as pd
 import torch
 
 from ..errors import LinkstyleError
-from ..io import write_npz, write_parquet
+from ..io import NpzWriter, Origin, write_parquet
 from ..runtime import autocast, progress, run_batched
 from ..units import unit_shards
 from .context import Context
@@ -36,16 +37,31 @@ def run_tune(ctx: Context, name: str, shard: int) -> None:
             f"unit shard {shard} out of range: classifier '{name}' has {len(shards)} unit shards (0..{len(shards) - 1}) "
             "with the config's tune.units and tune.units_per_shard"
         )
-    out, arrays = sweep_units(ctx, name, shards[shard], label=f"tune {name} shard {shard}")
     made = ctx.origin("tune", classifier=name, shard=shard)
-    write_npz(paths.tune_arrays(name, shard), made, **arrays)
-    write_parquet(out, paths.tune_table(name, shard), made)
+    tune_units(ctx, name, shards[shard], paths.tune_table(name, shard), paths.tune_arrays(name, shard), made,
+               label=f"tune {name} shard {shard}")
     ctx.wrote(paths.tune_arrays(name, shard), paths.tune_table(name, shard))
 
 
+def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, arrays_path: Path,
+               made: Origin | None = None, label: str = "tune") -> None:
+    """A tune job's work: sweep ``units`` and write the table and the arrays, the images streamed to disk
+    batch by batch, so the job's memory does not grow with its number of units (bench/bench_scale.py)."""
+    with NpzWriter(arrays_path, made) as sink:
+        out, arrays = sweep_units(ctx, name, units, label=label, sink=sink)
+        for key, values in arrays.items():
+            sink.put(key, values)
+        write_parquet(out, table_path, made)
+        sink.close()
+
+
 @torch.inference_mode()
-def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune") -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard."""
+def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune",
+                sink: NpzWriter | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard.
+
+    With a ``sink``, the per-image arrays (images, w, masks, factors) go to it batch by batch and
+    are left out of the returned arrays."""
     cfg = ctx.cfg
     units = np.asarray(unit_list, dtype=np.int64)
     table, arrays = read_select(ctx, name)
@@ -65,13 +81,24 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     n_u, n_s = len(units), len(starts)
     u_idx, s_idx, k_idx = (a.reshape(-1) for a in np.meshgrid(np.arange(n_u), np.arange(n_s), np.arange(k), indexing="ij"))
     n = len(u_idx)
-    res = gen.resolution
-    images = np.empty((n, res, res, 3), dtype=np.uint8)
-    w_out = np.empty((n, gen.w_dim), dtype=np.float32)
+    big: dict[str, np.ndarray] = {}
+
+    def store(key: str, sl: slice, values: np.ndarray) -> None:
+        """Rows of a per-image array: into the sink, or into memory."""
+        if sink is not None:
+            if key not in big:
+                sink.declare(key, (n, *values.shape[1:]), values.dtype)
+                big[key] = np.empty(0, dtype=values.dtype)
+            sink.write(key, sl, values)
+        else:
+            if key not in big:
+                big[key] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+            big[key][sl] = values
+
     realised = np.empty(n, dtype=np.float32)
     pred = np.empty(n, dtype=np.int64)
     prob_cls = np.empty(n, dtype=np.float32)
-    truth_arrays: dict[str, np.ndarray] = {}
+    factor_rows: dict[str, np.ndarray] = {}  # the ground-truth factors go to the table, not the arrays
     names_of: dict[str, tuple[str, ...]] = {}
     unit_ids = torch.from_numpy(units)
 
@@ -89,20 +116,18 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
         p = logits.float().softmax(1)
         pred[sl] = p.argmax(1).cpu().numpy()
         prob_cls[sl] = p[dev_rows, torch.from_numpy(start_cls[si.numpy()]).to(ctx.device)].cpu().numpy()
-        images[sl] = to_uint8(img)
-        w_out[sl] = w.float().cpu().numpy()
+        store("images", sl, to_uint8(img))
+        store("w", sl, w.float().cpu().numpy())
         if truth is not None:
-            if not truth_arrays:
-                truth_arrays["masks"] = np.empty((n, res, res), dtype=np.uint8)
-                truth_arrays["factors"] = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
-                names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
-            truth_arrays["masks"][sl] = truth.masks.cpu().numpy()
-            truth_arrays["factors"][sl] = truth.factors.float().cpu().numpy()
+            names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
+            if not factor_rows:
+                factor_rows["all"] = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
+            factor_rows["all"][sl] = truth.factors.float().cpu().numpy()
+            store("masks", sl, truth.masks.cpu().numpy().astype(np.uint8, copy=False))
 
     with progress(n, label) as bar:
         run_batched(n, cfg.tune.batch_size, step, bar.update, setting="tune.batch_size")
-    masks = truth_arrays.get("masks")
-    factors = truth_arrays.get("factors")
+    factors = factor_rows.get("all")
     factor_names = names_of.get("factors", ())
     part_names = names_of.get("parts", ())
 
@@ -122,5 +147,8 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     if factors is not None:
         for j, fname in enumerate(factor_names):
             out[f"factor__{fname}"] = factors[:, j]
-    extra = {"masks": masks, "part_names": np.array(part_names)} if masks is not None else {}
-    return out, dict(unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, w=w_out, images=images, **extra)
+    extra = {"part_names": np.array(part_names)} if factors is not None else {}
+    result = dict(unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, **extra)
+    if sink is None:
+        result.update(big)  # images, w and (with ground truth) masks
+    return out, result

@@ -1,0 +1,79 @@
+"""Unit visualisation cost: a linking sweep against activation maximisation of the same units.
+
+Linking: the tune stage's ``sweep_units`` (per unit, every start sample x ``tune.n_steps`` images:
+map r -> w, render, classify once to record the realised activation; no gradients).
+Activation maximisation: ``linkstyle.actmax.maximise`` (Lucent-style: Fourier image in decorrelated
+colour, random shift/scale/rotation, Adam, ``--steps`` forward and backward passes). Both batched
+over the same units, on the same classifier and device, alternating; seconds per unit.
+
+    .venv/bin/python bench/bench_actmax.py --config results/default/config.yaml --classifier resnet18 \\
+        --units 16 --repeats 3
+
+Issue 8's target: linking at least 100x cheaper per unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import ROOT, add_common_args, alternate, median, report, setup
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
+                   help="a run's config whose select and link stages are done (make run)")
+    p.add_argument("--classifier", default="resnet18")
+    p.add_argument("--units", type=int, default=16, help="units visualised per repetition (the first ones)")
+    p.add_argument("--steps", type=int, default=512, help="activation maximisation steps (Lucent's default: 512)")
+    add_common_args(p)
+    args = p.parse_args()
+    device = setup(args)
+
+    import numpy as np
+
+    from linkstyle.actmax import ActmaxSettings, maximise
+    from linkstyle.config import load_config
+    from linkstyle.stages.context import Context
+    from linkstyle.stages.tune import sweep_units
+
+    cfg = load_config(args.config, {"device": args.device})
+    ctx = Context(cfg, threads=args.threads)
+    clf = ctx.classifier(args.classifier)
+    units = list(range(args.units))
+    settings = ActmaxSettings(steps=args.steps, batch_size=min(args.units, cfg.actmax.batch_size))
+    results: dict[str, object] = {}
+
+    def linking() -> None:
+        results["linking"] = sweep_units(ctx, args.classifier, units, label="bench linking")
+
+    def actmax() -> None:
+        results["actmax"] = maximise(clf, units, ctx.generator.resolution, settings=settings, seed=cfg.seed, device=device)
+
+    times = alternate({"linking sweep": linking, "activation maximisation": actmax}, args.repeats, device)
+    table, arrays = results["linking"]
+    top = table[table["step"] == cfg.tune.n_steps - 1].groupby("unit")["realised"].median()
+    am = results["actmax"]
+    per_unit = {k: median(v) / args.units for k, v in times.items()}
+    images_per_unit = len(arrays["unit"]) // args.units
+    rows = [
+        {"method": "linking sweep", "s / unit (median)": per_unit["linking sweep"],
+         "network passes / unit": f"{images_per_unit} renders + {images_per_unit} forward",
+         "unit's activation (median over units)": float(np.median(top.to_numpy()))},
+        {"method": "activation maximisation", "s / unit (median)": per_unit["activation maximisation"],
+         "network passes / unit": f"{args.steps} forward + {args.steps} backward",
+         "unit's activation (median over units)": float(np.median(am.activation))},
+        {"method": "ratio", "s / unit (median)": f"{per_unit['activation maximisation'] / per_unit['linking sweep']:.0f}x",
+         "network passes / unit": "", "unit's activation (median over units)": ""},
+    ]
+    report(f"Unit visualisation cost, {args.classifier} on {cfg.generator.kind} {ctx.generator.resolution} px", rows, args, device, notes=[
+        f"{args.units} units per repetition, median of {args.repeats}, the two alternating. Linking: "
+        f"{images_per_unit // cfg.tune.n_steps} start samples x {cfg.tune.n_steps} steps per unit, batch {cfg.tune.batch_size}; "
+        f"actmax: {args.steps} steps, batch {settings.batch_size}, lr {settings.lr}.",
+        "Activation: linking's is the realised activation at the sweep's top step (median over start samples), "
+        "actmax's the unit on its final image; actmax optimises exactly this number, linking stays on the generator's images.",
+    ])
+
+
+if __name__ == "__main__":
+    main()
