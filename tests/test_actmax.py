@@ -72,9 +72,10 @@ def test_units_outside_the_classifier_are_refused(clf):
         maximise(clf, [0, 512], 32, settings=ActmaxSettings(steps=1))
 
 
-def test_actmax_stage_in_the_tiny_workflow(tiny_run):
+def test_actmax_stage_in_the_tiny_workflow(tiny_run, monkeypatch):
     """The report's units, optimised in the workflow; the report draws them beside their sweeps."""
-    _, cfg_file, paths = tiny_run
+    work, cfg_file, paths = tiny_run
+    monkeypatch.chdir(work)  # the run's results_dir is relative to the workflow's directory
     from linkstyle.config import load_config
     from linkstyle.stages.actmax import read_actmax
     from linkstyle.stages.context import Context

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from linkstyle.io import atomic_path, read_json, read_npz, write_json, write_npz, write_parquet
+from linkstyle.io import Origin, atomic_path, read_json, read_npz, write_json, write_npz, write_parquet
 from linkstyle.seeds import EVAL_SEED_BASE, TRAIN_SEED_BASE, derive, in_test_split, sample_seeds
 
 
@@ -53,3 +53,36 @@ def test_artifacts_get_the_permissions_of_the_umask_not_private_ones(tmp_path):
     os.umask(umask)
     path = write_npz(tmp_path / "a.npz", x=np.arange(3))
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_npz_writer_streams_rows_and_reads_back_like_write_npz(tmp_path):
+    from linkstyle.io import NpzWriter
+
+    made = Origin("tune", ("tune",), "abc", "linkstyle tune")
+    images = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
+    w = np.random.default_rng(0).normal(size=(10, 5)).astype(np.float32)
+    with NpzWriter(tmp_path / "a.npz", made) as sink:
+        sink.declare("images", images.shape, images.dtype)
+        sink.declare("w", w.shape, w.dtype)
+        for sl in (slice(6, 10), slice(0, 6)):  # rows in any order
+            sink.write("images", sl, images[sl])
+            sink.write("w", sl, w[sl])
+        sink.put("unit", np.arange(10))
+        sink.close()
+    write_npz(tmp_path / "b.npz", made, images=images, w=w, unit=np.arange(10))
+    a, b = read_npz(tmp_path / "a.npz", origin=made), read_npz(tmp_path / "b.npz", origin=made)
+    assert sorted(a) == sorted(b) == ["images", "unit", "w"]
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "b.npz"]  # no parts left
+
+
+def test_npz_writer_that_fails_leaves_nothing(tmp_path):
+    from linkstyle.io import NpzWriter
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with NpzWriter(tmp_path / "a.npz") as sink:
+            sink.declare("x", (4, 2), np.float32)
+            sink.write("x", slice(0, 2), np.ones((2, 2), np.float32))
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []

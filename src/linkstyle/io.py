@@ -373,6 +373,8 @@ class NpzWriter:
         dtype = np.dtype(dtype)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self._parts:
+                _remove_abandoned_temps(self.path)  # parts of a killed earlier attempt
             fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(self.path), suffix=f".tmp-{name}.npy", dir=self.path.parent)
             with os.fdopen(fd, "wb") as fh:
                 np.lib.format.write_array_header_2_0(fh, {"descr": np.lib.format.dtype_to_descr(dtype),
