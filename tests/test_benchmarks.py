@@ -11,9 +11,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench(script: str, *args: str, timeout: int = 600) -> str:
+def run_bench(script: str, work: Path, *args: str, timeout: int = 600) -> str:
+    """Run from the tiny workflow's directory, as its config's results folder is relative to it."""
     proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--threads", "1", "--device", "cpu", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                          capture_output=True, text=True, timeout=timeout, cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -28,9 +29,9 @@ def logged(doc: Path, title: str) -> str:
 
 @pytest.mark.slow
 def test_render_extract_benchmark(tiny_run, tmp_path):
-    _, _, paths = tiny_run
+    work, _, paths = tiny_run
     doc = tmp_path / "benchmarks.md"
-    out = run_bench("bench_extract.py", "--config", str(paths.config), "--images", "6", "--repeats", "1", "--doc", str(doc))
+    out = run_bench("bench_extract.py", work, "--config", str(paths.config), "--images", "6", "--repeats", "1", "--doc", str(doc))
     section = logged(doc, "Render + extract throughput, resnet18 on critters 32 px")
     assert "| official approach (one by one) |" in section and "| ours (batched) |" in section
     assert "| speed-up | " in out and "keep the same correctly classified samples for" in out
@@ -38,18 +39,18 @@ def test_render_extract_benchmark(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_actmax_benchmark(tiny_run, tmp_path):
-    _, _, paths = tiny_run
+    work, _, paths = tiny_run
     doc = tmp_path / "benchmarks.md"
-    run_bench("bench_actmax.py", "--config", str(paths.config), "--units", "2", "--steps", "4", "--repeats", "1", "--doc", str(doc))
+    run_bench("bench_actmax.py", work, "--config", str(paths.config), "--units", "2", "--steps", "4", "--repeats", "1", "--doc", str(doc))
     section = logged(doc, "Unit visualisation cost, resnet18 on critters 32 px")
     assert "| linking sweep |" in section and "4 forward + 4 backward" in section and "| ratio |" in section
 
 
 @pytest.mark.slow
 def test_overhead_benchmark(tiny_run, tmp_path):
-    _, _, paths = tiny_run
+    work, _, paths = tiny_run
     doc = tmp_path / "benchmarks.md"
-    run_bench("bench_overhead.py", "--config", str(paths.config), "--units", "2", "--repeats", "1", "--doc", str(doc))
+    run_bench("bench_overhead.py", work, "--config", str(paths.config), "--units", "2", "--repeats", "1", "--doc", str(doc))
     section = logged(doc, "Tune stage vs ceiling, resnet18 on critters 32 px")
     fraction = float(section.split("| fraction of the ceiling | ")[1].split(" |")[0])
     assert 0 < fraction < 5
@@ -58,9 +59,9 @@ def test_overhead_benchmark(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_scale_benchmark(tiny_run, tmp_path):
     """Plans the paper presets, runs streamed and in-memory tune jobs, and reads the run's stage timing."""
-    _, _, paths = tiny_run
+    work, _, paths = tiny_run
     doc = tmp_path / "benchmarks.md"
-    run_bench("bench_scale.py", "--config", str(paths.config), "--units", "2", "20", "--compare-in-memory",
+    run_bench("bench_scale.py", work, "--config", str(paths.config), "--units", "2", "20", "--compare-in-memory",
               "--repeats", "1", "--doc", str(doc))
     planning = logged(doc, "Scale: planning the paper presets")
     assert all(f"| paper-{p} |" in planning for p in ("birds", "cars", "dogs", "fungi"))

@@ -51,8 +51,8 @@ def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, 
         out, arrays = sweep_units(ctx, name, units, label=label, sink=sink)
         for key, values in arrays.items():
             sink.put(key, values)
-        write_parquet(out, table_path, made)
         sink.close()
+    write_parquet(out, table_path, made)  # the table last, as the workflow has always written them
 
 
 @torch.inference_mode()
