@@ -73,7 +73,8 @@ def main() -> None:
     p.add_argument("--classifier", default="resnet18")
     p.add_argument("--units", type=int, nargs="+", default=[64, 512, 2048], help="tune job sizes")
     p.add_argument("--compare-in-memory", action="store_true", help="also run each size without streaming")
-    p.add_argument("--skip-dag", action="store_true", help="leave out the dry-runs of the paper presets")
+    p.add_argument("--parts", default="dag,memory,stages",
+                   help="comma-separated: dag (plan the presets), memory (tune jobs), stages (the run's time per stage)")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     add_common_args(p, repeats=3)
@@ -84,7 +85,8 @@ def main() -> None:
     device = None
     notes = []
 
-    if not args.skip_dag:
+    parts = set(args.parts.split(","))
+    if "dag" in parts:
         from bench_dag import PRESETS, count, plan
 
         plans = []
@@ -99,18 +101,21 @@ def main() -> None:
             f"(best of {args.repeats}; target at most 10 s)."])
 
     rows = []
-    for units in args.units:
+    for units in args.units if "memory" in parts else []:
         streamed = tune_rss(args, units, in_memory=False)
         row = {"units in the job": units, "peak RSS MB (streamed)": streamed["max_rss_mb"], "job s": streamed["seconds"],
                "arrays written MB": streamed["npz_mb"]}
         if args.compare_in_memory:
             row["peak RSS MB (in memory)"] = tune_rss(args, units, in_memory=True)["max_rss_mb"]
         rows.append(row)
-    growth = rows[-1]["peak RSS MB (streamed)"] - rows[0]["peak RSS MB (streamed)"]
-    notes.append(f"From {args.units[0]} to {args.units[-1]} units the streamed job's peak RSS grows by {growth:.0f} MB "
-                 f"while its arrays grow by {rows[-1]['arrays written MB'] - rows[0]['arrays written MB']:.0f} MB.")
-    report(f"Scale: peak memory of one tune job ({args.classifier})", rows, args, device, notes=notes + [
-        "Each size in a fresh process, 1 torch thread; the job's table and NPZ written to a temporary folder."])
+    if rows:
+        growth = rows[-1]["peak RSS MB (streamed)"] - rows[0]["peak RSS MB (streamed)"]
+        notes.append(f"From {args.units[0]} to {args.units[-1]} units the streamed job's peak RSS grows by {growth:.0f} MB "
+                     f"while its arrays grow by {rows[-1]['arrays written MB'] - rows[0]['arrays written MB']:.0f} MB.")
+        report(f"Scale: peak memory of one tune job ({args.classifier})", rows, args, device, notes=notes + [
+            "Each size in a fresh process, 1 torch thread; the job's table and NPZ written to a temporary folder."])
+    if "stages" not in parts:
+        return
 
     from linkstyle.config import load_config
     from linkstyle.paths import RunPaths

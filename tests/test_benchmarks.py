@@ -43,7 +43,8 @@ def test_actmax_benchmark(tiny_run, tmp_path):
     doc = tmp_path / "benchmarks.md"
     run_bench("bench_actmax.py", work, "--config", str(paths.config), "--units", "2", "--steps", "4", "--repeats", "1", "--doc", str(doc))
     section = logged(doc, "Unit visualisation cost, resnet18 on critters 32 px")
-    assert "| linking sweep |" in section and "4 forward + 4 backward" in section and "| ratio |" in section
+    assert "| linking: one sweep |" in section and "| linking: every start sample (tune stage) |" in section
+    assert "4 forward + 4 backward" in section and "| activation maximisation |" in section
 
 
 @pytest.mark.slow

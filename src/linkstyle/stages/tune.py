@@ -57,15 +57,16 @@ def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, 
 
 @torch.inference_mode()
 def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune",
-                sink: NpzWriter | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                sink: NpzWriter | None = None, max_starts: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard.
 
-    With a ``sink``, the per-image arrays (images, w, masks, factors) go to it batch by batch and
-    are left out of the returned arrays."""
+    With a ``sink``, the per-image arrays (images, w, masks) go to it batch by batch and are left
+    out of the returned arrays. ``max_starts`` sweeps from the first start samples only (one
+    suffices to look at a unit; the tune stage uses all of them for its consistency test)."""
     cfg = ctx.cfg
     units = np.asarray(unit_list, dtype=np.int64)
     table, arrays = read_select(ctx, name)
-    starts = table.index[table["start"]].to_numpy()
+    starts = table.index[table["start"]].to_numpy()[:max_starts]
     r0 = torch.from_numpy(arrays["r"][starts].astype(np.float32))
     start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
     k = cfg.tune.n_steps
