@@ -66,6 +66,10 @@ def machine(device: Any = None) -> dict[str, Any]:
     try:
         rec["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                        text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip()
+        if dirty:
+            rec["commit"] += " with uncommitted changes"
     except (OSError, subprocess.CalledProcessError):
         rec["commit"] = "unknown"
     return rec

@@ -95,3 +95,19 @@ def test_actmax_stage_in_the_tiny_workflow(tiny_run, monkeypatch):
         assert s["actmax"]["units"] == cfg.report.top_units and s["actmax"]["steps"] == cfg.actmax.steps, name
         timing = s["actmax"]["timing"]
         assert timing["actmax_job_seconds_per_unit"] > 0 and timing["tune_job_seconds_per_unit"] > 0, name
+
+
+def test_redirected_relus_wake_a_unit_that_is_silent_on_the_starting_image():
+    """Unit 0's ReLU input is negative on every near-grey image: no gradient without the redirect."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        net[0].bias[0] = -float(net[0].weight[0].abs().sum()) * 0.15
+    clf = Classifier(net, name="tiny", input_size=None, mean=DEMO_MEAN, std=DEMO_STD)
+    settings = dict(steps=40, transforms=False, decorrelate=False, lr=0.1)
+    plain = maximise(clf, [0], 16, settings=ActmaxSettings(redirect_steps=0, **settings))
+    woken = maximise(clf, [0], 16, settings=ActmaxSettings(redirect_steps=16, **settings))
+    assert plain.activation[0] == 0.0
+    assert woken.activation[0] > 0.1
+    assert type(net[1].forward).__name__ == "method"  # the ReLU is restored

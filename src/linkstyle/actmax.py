@@ -9,6 +9,11 @@ robustness). Linking renders a unit's sweep in ``tune.n_steps`` generator passes
 takes ``steps`` forward *and* backward passes of the classifier (512 by default):
 ``bench/bench_actmax.py`` measures the two side by side.
 
+A unit that is zero on the nearly grey starting image gets no gradient through the ReLUs in
+front of it and would never move; as Lucid does, the first ``redirect_steps`` steps therefore let
+a ReLU pass the gradients that would raise its negative inputs, for every image whose ordinary
+ReLU gradient is zero (``redirected_relus``).
+
 Every image of a batch optimises its own unit and draws its initial spectrum and its
 transformations from its own seed, so a unit's result does not depend on which units share
 its batch (up to float rounding).
@@ -18,8 +23,9 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +54,7 @@ class ActmaxSettings:
     transforms: bool = True
     batch_size: int = 16
     history_every: int = 16
+    redirect_steps: int = 16
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,37 @@ class PixelImage(nn.Module):
         return torch.sigmoid(self.pixels)
 
 
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose backward pass, for an image that gets no gradient through it, lets through the
+    components that would raise a negative input (Lucid's redirected ReLU gradient)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = grad * (x > 0)
+        redirected = grad * ((x <= 0) & (grad < 0))  # descending this gradient raises x
+        stuck = relu_grad.flatten(1).abs().sum(1) == 0
+        return torch.where(stuck.view(-1, *[1] * (grad.dim() - 1)), redirected, relu_grad)
+
+
+@contextmanager
+def redirected_relus(net: nn.Module) -> Iterator[None]:
+    """Every ``nn.ReLU`` module of ``net`` runs as :class:`_RedirectedReLU` inside the block (not in place)."""
+    relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
+    for m in relus:
+        m.forward = _RedirectedReLU.apply  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in relus:
+            del m.forward
+
+
 def transform_params(seeds: Sequence[int], steps: int) -> torch.Tensor:
     """Per image and step: shift x, shift y (fractions of the side), scale, angle (radians); one stream per seed."""
     rows = []
@@ -154,8 +192,9 @@ def maximise_batch(clf: Classifier, units: Sequence[int], size: int, settings: A
         img = param()
         if params is not None:
             img = transform(img, params[step])
-        values = _unit_values(clf, img, unit_t)
-        (-values.sum()).backward()
+        with redirected_relus(clf.net) if step < settings.redirect_steps else nullcontext():
+            values = _unit_values(clf, img, unit_t)
+            (-values.sum()).backward()
         opt.step()
         if (step + 1) % settings.history_every == 0 and step // settings.history_every < n_hist:
             history[:, step // settings.history_every] = values.detach().float().cpu()

@@ -375,6 +375,7 @@ class ActmaxConfig:
     lr: float
     decorrelate: bool
     transforms: bool
+    redirect_steps: int
     batch_size: int
 
 

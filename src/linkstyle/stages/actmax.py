@@ -31,7 +31,8 @@ def actmax_units(ctx: Context, name: str) -> list[int]:
 
 def settings_of(ctx: Context) -> ActmaxSettings:
     a = ctx.cfg.actmax
-    return ActmaxSettings(steps=a.steps, lr=a.lr, decorrelate=a.decorrelate, transforms=a.transforms, batch_size=a.batch_size)
+    return ActmaxSettings(steps=a.steps, lr=a.lr, decorrelate=a.decorrelate, transforms=a.transforms,
+                          redirect_steps=a.redirect_steps, batch_size=a.batch_size)
 
 
 def run_actmax(ctx: Context, name: str) -> None:
