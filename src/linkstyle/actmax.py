@@ -134,7 +134,9 @@ class _RedirectedReLU(torch.autograd.Function):
 
 @contextmanager
 def redirected_relus(net: nn.Module) -> Iterator[None]:
-    """Every ``nn.ReLU`` module of ``net`` runs as :class:`_RedirectedReLU` inside the block (not in place)."""
+    """Every ``nn.ReLU`` module of ``net`` runs as :class:`_RedirectedReLU` inside the block (not in place).
+
+    Functional ReLUs and TorchScript modules (whose ReLUs are compiled in) keep their ordinary gradient."""
     relus = [m for m in net.modules() if isinstance(m, nn.ReLU)]
     for m in relus:
         m.forward = _RedirectedReLU.apply  # type: ignore[method-assign]
@@ -192,7 +194,7 @@ def maximise_batch(clf: Classifier, units: Sequence[int], size: int, settings: A
         img = param()
         if params is not None:
             img = transform(img, params[step])
-        with redirected_relus(clf.net) if step < settings.redirect_steps else nullcontext():
+        with redirected_relus(clf) if step < settings.redirect_steps else nullcontext():
             values = _unit_values(clf, img, unit_t)
             (-values.sum()).backward()
         opt.step()

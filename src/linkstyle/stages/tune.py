@@ -82,19 +82,20 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     n_u, n_s = len(units), len(starts)
     u_idx, s_idx, k_idx = (a.reshape(-1) for a in np.meshgrid(np.arange(n_u), np.arange(n_s), np.arange(k), indexing="ij"))
     n = len(u_idx)
-    big: dict[str, np.ndarray] = {}
+    per_image: dict[str, np.ndarray] = {}  # without a sink: the per-image arrays, in memory
+    declared: set[str] = set()
 
     def store(key: str, sl: slice, values: np.ndarray) -> None:
         """Rows of a per-image array: into the sink, or into memory."""
         if sink is not None:
-            if key not in big:
+            if key not in declared:
                 sink.declare(key, (n, *values.shape[1:]), values.dtype)
-                big[key] = np.empty(0, dtype=values.dtype)
+                declared.add(key)
             sink.write(key, sl, values)
-        else:
-            if key not in big:
-                big[key] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
-            big[key][sl] = values
+            return
+        if key not in per_image:
+            per_image[key] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+        per_image[key][sl] = values
 
     realised = np.empty(n, dtype=np.float32)
     pred = np.empty(n, dtype=np.int64)
@@ -150,6 +151,5 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
             out[f"factor__{fname}"] = factors[:, j]
     extra = {"part_names": np.array(part_names)} if factors is not None else {}
     result = dict(unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, **extra)
-    if sink is None:
-        result.update(big)  # images, w and (with ground truth) masks
+    result.update(per_image)  # images, w and (with ground truth) masks, unless they went to the sink
     return out, result
