@@ -17,33 +17,28 @@ Issue 8's target: linking at least 100x cheaper per unit.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from common import ROOT, add_common_args, alternate, median, report, setup
+from common import add_run_args, alternate, median, open_run, report
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
-                   help="a run's config whose select and link stages are done (make run)")
-    p.add_argument("--classifier", default="resnet18")
     p.add_argument("--units", type=int, default=16, help="units visualised per repetition (the first ones)")
     p.add_argument("--steps", type=int, default=512, help="activation maximisation steps (Lucent's default: 512)")
-    add_common_args(p)
+    add_run_args(p)
     args = p.parse_args()
-    device = setup(args)
+    cfg, ctx, device = open_run(args)
 
     import numpy as np
 
-    from linkstyle.actmax import ActmaxSettings, maximise
-    from linkstyle.config import load_config
-    from linkstyle.stages.context import Context
+    from linkstyle.actmax import maximise
+    from linkstyle.stages.actmax import settings_of
     from linkstyle.stages.tune import sweep_units
 
-    cfg = load_config(args.config, {"device": args.device})
-    ctx = Context(cfg, threads=args.threads)
     clf = ctx.classifier(args.classifier)
     units = list(range(args.units))
-    settings = ActmaxSettings(steps=args.steps, batch_size=min(args.units, cfg.actmax.batch_size))
+    settings = dataclasses.replace(settings_of(ctx), steps=args.steps, batch_size=min(args.units, cfg.actmax.batch_size))
     results: dict[str, object] = {}
 
     def linking_one() -> None:

@@ -18,32 +18,26 @@ from __future__ import annotations
 
 import argparse
 
-from common import ROOT, add_common_args, alternate, median, report, setup  # noqa: F401 (ROOT puts src on the path)
+from common import add_run_args, alternate, median, open_run, report
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
-                   help="a run's config whose classifier has been trained (make run)")
-    p.add_argument("--classifier", default="resnet18")
     p.add_argument("--images", type=int, default=256, help="latents rendered and classified per repetition")
     p.add_argument("--cls", type=int, default=0, help="the class sampled")
-    add_common_args(p)
+    add_run_args(p)
     args = p.parse_args()
-    device = setup(args)
+    cfg, ctx, device = open_run(args)
 
     import numpy as np
     import torch
     from PIL import Image
     from torchvision import transforms
 
-    from linkstyle.config import load_config
     from linkstyle.seeds import sample_seeds
-    from linkstyle.stages.context import Context
     from linkstyle.stages.extract import classify_latents
+    from linkstyle.stages.sample import map_latents
 
-    cfg = load_config(args.config, {"device": args.device})
-    ctx = Context(cfg, threads=args.threads)
     gen, clf = ctx.generator, ctx.classifier(args.classifier)
     psi = cfg.generator.truncation_psi
     seeds = sample_seeds(cfg.sample.first_seed, args.cls, 0, args.images)
@@ -68,12 +62,7 @@ def main() -> None:
         return correct
 
     def ours() -> np.ndarray:
-        with torch.inference_mode():
-            w = torch.empty(len(seeds), gen.w_dim)
-            for start in range(0, len(seeds), cfg.generator.batch_size):
-                sl = slice(start, start + cfg.generator.batch_size)
-                classes = torch.full((len(z[sl]),), args.cls, dtype=torch.long, device=device)
-                w[sl] = gen.mapping(z[sl].to(device), classes, truncation_psi=psi).cpu()
+        w = map_latents(gen, z, args.cls, psi=psi, batch_size=cfg.generator.batch_size, device=device)
         _, preds, _ = classify_latents(gen, {args.classifier: clf}, w, args.cls, batch_size=cfg.generator.batch_size,
                                        device=device, precision=cfg.precision, label="bench extract")
         return preds[args.classifier] == args.cls

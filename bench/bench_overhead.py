@@ -18,34 +18,28 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from common import ROOT, add_common_args, alternate, median, report, setup
+from common import add_run_args, alternate, median, open_run, report
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
-                   help="a run's config whose select and link stages are done (make run)")
-    p.add_argument("--classifier", default="resnet18")
     p.add_argument("--units", type=int, default=64, help="units swept per repetition (one default shard)")
-    add_common_args(p)
+    add_run_args(p)
     args = p.parse_args()
-    device = setup(args)
+    cfg, ctx, device = open_run(args)
 
     import torch
 
-    from linkstyle.config import load_config
-    from linkstyle.runtime import batches
-    from linkstyle.stages.context import Context
+    from linkstyle.runtime import autocast, batches
     from linkstyle.stages.tune import sweep_units, tune_units
 
-    cfg = load_config(args.config, {"device": args.device})
-    ctx = Context(cfg, threads=args.threads)
     gen, clf = ctx.generator, ctx.classifier(args.classifier)
     units = list(range(args.units))
     _, arrays = sweep_units(ctx, args.classifier, units, label="bench inputs")
     w_all = torch.from_numpy(arrays["w"])  # exactly the tune stage's w
     n = len(w_all)
-    out = Path(tempfile.mkdtemp(prefix="linkstyle-bench-"))
+    tmp = tempfile.TemporaryDirectory(prefix="linkstyle-bench-")
+    out = Path(tmp.name)
 
     def end_to_end() -> None:
         tune_units(ctx, args.classifier, units, out / "shard.parquet", out / "shard.npz", label="bench tune")
@@ -53,7 +47,8 @@ def main() -> None:
     @torch.inference_mode()
     def ceiling() -> None:
         for sl in batches(n, cfg.tune.batch_size):
-            clf.features_and_logits(gen.synthesize(w_all[sl].to(device)))
+            with autocast(device, cfg.precision):  # the same precision as the tune stage
+                clf.features_and_logits(gen.synthesize(w_all[sl].to(device)))
 
     times = alternate({"tune stage, end to end": end_to_end, "ceiling: synthesize + classify": ceiling}, args.repeats, device)
     rate = {k: n / median(v) for k, v in times.items()}
@@ -65,9 +60,7 @@ def main() -> None:
         f"{args.units} units x {n // args.units} images = {n} images per repetition, batch {cfg.tune.batch_size}, "
         f"median of {args.repeats}, alternating; the tune stage also writes {npz:.0f} MiB of arrays per repetition.",
     ])
-    for f in out.iterdir():
-        f.unlink()
-    out.rmdir()
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

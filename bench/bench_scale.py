@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, add_common_args, report
+from common import add_run_args, open_run, report
 
 
 def child(args: argparse.Namespace) -> None:
@@ -32,16 +32,10 @@ def child(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     import numpy as np
 
-    from linkstyle.config import load_config
     from linkstyle.io import write_npz, write_parquet
-    from linkstyle.runtime import resolve_device, setup_torch
-    from linkstyle.stages.context import Context
     from linkstyle.stages.tune import sweep_units, tune_units
 
-    setup_torch(args.threads or 1)
-    cfg = load_config(args.config, {"device": args.device})
-    ctx = Context(cfg, threads=args.threads or 1)
-    resolve_device(args.device)
+    _, ctx, _ = open_run(args)  # tune_rss passes --threads 1 unless told otherwise
     width = ctx.classifier(args.classifier).num_units
     units = (np.arange(args.child) % width).tolist()
     with tempfile.TemporaryDirectory(prefix="linkstyle-bench-") as tmp:
@@ -68,16 +62,13 @@ def tune_rss(args: argparse.Namespace, units: int, in_memory: bool) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
-                   help="a run's config whose select and link stages are done (make run)")
-    p.add_argument("--classifier", default="resnet18")
     p.add_argument("--units", type=int, nargs="+", default=[64, 512, 2048], help="tune job sizes")
     p.add_argument("--compare-in-memory", action="store_true", help="also run each size without streaming")
     p.add_argument("--parts", default="dag,memory,stages",
                    help="comma-separated: dag (plan the presets), memory (tune jobs), stages (the run's time per stage)")
     p.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
-    add_common_args(p, repeats=3)
+    add_run_args(p)
     args = p.parse_args()
     if args.child:
         child(args)

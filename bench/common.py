@@ -32,6 +32,24 @@ def add_common_args(p: argparse.ArgumentParser, repeats: int = 3) -> None:
     p.add_argument("--doc", default=str(DOC), help="markdown log to append the result to ('-': print only)")
 
 
+def add_run_args(p: argparse.ArgumentParser, repeats: int = 3) -> None:
+    """The run (its config, whose select and link stages are done) and the classifier a benchmark uses."""
+    p.add_argument("--config", default=str(ROOT / "results" / "default" / "config.yaml"),
+                   help="a finished run's config (make run writes results/default/config.yaml)")
+    p.add_argument("--classifier", default="resnet18")
+    add_common_args(p, repeats)
+
+
+def open_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(config, stage context, device) for ``args``, with threads and device set as the stages set them."""
+    from linkstyle.config import load_config
+    from linkstyle.stages.context import Context
+
+    device = setup(args)
+    cfg = load_config(args.config, {"device": args.device})
+    return cfg, Context(cfg, threads=args.threads), device
+
+
 def setup(args: argparse.Namespace) -> Any:
     """Threads, deterministic kernels and the device, as the stages set them."""
     from linkstyle.runtime import resolve_device, setup_torch

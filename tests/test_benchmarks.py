@@ -11,12 +11,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench(script: str, work: Path, *args: str, timeout: int = 600) -> str:
-    """Run from the tiny workflow's directory, as its config's results folder is relative to it."""
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), "--threads", "1", "--device", "cpu", *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=work)
+def run_bench(tiny_run, tmp_path: Path, script: str, *args: str, timeout: int = 600) -> tuple[str, Path]:
+    """One repetition on the tiny run's resnet18, 1 CPU thread, logged to a fresh file: (stdout, log file).
+
+    Runs from the tiny workflow's directory, as its config's results folder is relative to it."""
+    work, _, paths = tiny_run
+    doc = tmp_path / "benchmarks.md"
+    cmd = [sys.executable, str(REPO / "bench" / script), "--config", str(paths.config), "--threads", "1",
+           "--device", "cpu", "--repeats", "1", "--doc", str(doc), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=work)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    return proc.stdout, doc
 
 
 def logged(doc: Path, title: str) -> str:
@@ -29,9 +34,7 @@ def logged(doc: Path, title: str) -> str:
 
 @pytest.mark.slow
 def test_render_extract_benchmark(tiny_run, tmp_path):
-    work, _, paths = tiny_run
-    doc = tmp_path / "benchmarks.md"
-    out = run_bench("bench_extract.py", work, "--config", str(paths.config), "--images", "6", "--repeats", "1", "--doc", str(doc))
+    out, doc = run_bench(tiny_run, tmp_path, "bench_extract.py", "--images", "6")
     section = logged(doc, "Render + extract throughput, resnet18 on critters 32 px")
     assert "| official approach (one by one) |" in section and "| ours (batched) |" in section
     assert "| speed-up | " in out and "keep the same correctly classified samples for" in out
@@ -39,9 +42,7 @@ def test_render_extract_benchmark(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_actmax_benchmark(tiny_run, tmp_path):
-    work, _, paths = tiny_run
-    doc = tmp_path / "benchmarks.md"
-    run_bench("bench_actmax.py", work, "--config", str(paths.config), "--units", "2", "--steps", "4", "--repeats", "1", "--doc", str(doc))
+    _, doc = run_bench(tiny_run, tmp_path, "bench_actmax.py", "--units", "2", "--steps", "4")
     section = logged(doc, "Unit visualisation cost, resnet18 on critters 32 px")
     assert "| linking: one sweep |" in section and "| linking: every start sample (tune stage) |" in section
     assert "4 forward + 4 backward" in section and "| activation maximisation |" in section
@@ -49,9 +50,7 @@ def test_actmax_benchmark(tiny_run, tmp_path):
 
 @pytest.mark.slow
 def test_overhead_benchmark(tiny_run, tmp_path):
-    work, _, paths = tiny_run
-    doc = tmp_path / "benchmarks.md"
-    run_bench("bench_overhead.py", work, "--config", str(paths.config), "--units", "2", "--repeats", "1", "--doc", str(doc))
+    _, doc = run_bench(tiny_run, tmp_path, "bench_overhead.py", "--units", "2")
     section = logged(doc, "Tune stage vs ceiling, resnet18 on critters 32 px")
     fraction = float(section.split("| fraction of the ceiling | ")[1].split(" |")[0])
     assert 0 < fraction < 5
@@ -60,10 +59,7 @@ def test_overhead_benchmark(tiny_run, tmp_path):
 @pytest.mark.slow
 def test_scale_benchmark(tiny_run, tmp_path):
     """Plans the paper presets, runs streamed and in-memory tune jobs, and reads the run's stage timing."""
-    work, _, paths = tiny_run
-    doc = tmp_path / "benchmarks.md"
-    run_bench("bench_scale.py", work, "--config", str(paths.config), "--units", "2", "20", "--compare-in-memory",
-              "--repeats", "1", "--doc", str(doc))
+    _, doc = run_bench(tiny_run, tmp_path, "bench_scale.py", "--units", "2", "20", "--compare-in-memory")
     planning = logged(doc, "Scale: planning the paper presets")
     assert all(f"| paper-{p} |" in planning for p in ("birds", "cars", "dogs", "fungi"))
     memory = logged(doc, "Scale: peak memory of one tune job (resnet18)")

@@ -117,7 +117,7 @@ def figure_actmax(ctx: Context, sweeps: dict[int, np.ndarray], table: pd.DataFra
         for ax in axes[row]:
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[row, 0].set_ylabel(f"unit {u}\nactmax {info['activation']:.2f}\ndata max {info['observed_high']:.2f}", fontsize=7)
+        axes[row, 0].set_ylabel(f"unit {u}\nactmax {info['activation']:.2f}\nsweep top {info['observed_high']:.2f}", fontsize=7)
     fig.suptitle(f"{name}: linking sweeps vs activation maximisation", fontsize=9)
     return _save(fig, path)
 
@@ -132,7 +132,7 @@ def actmax_summary(table: pd.DataFrame, bench_dir: Path, name: str, units_swept:
     return {
         "units": int(len(table)),
         "steps": int(table["steps"].iloc[0]) if len(table) else None,
-        "median_activation_over_data_max": float(ratio.median()) if ratio.notna().any() else None,
+        "median_activation_over_sweep_top": float(ratio.median()) if ratio.notna().any() else None,
         "timing": {
             "actmax_job_seconds_per_unit": per_unit,
             "tune_job_seconds_per_unit": linking,
@@ -350,11 +350,16 @@ def counterfactual_summary(metrics: dict[str, Any], drivers: pd.DataFrame, top: 
     }
 
 
+def _benchmark_row(tsv: Path) -> pd.Series:
+    """The last (latest) row of one job's Snakemake benchmark file."""
+    return pd.read_csv(tsv, sep="\t").iloc[-1]
+
+
 def stage_timing(bench_dir: Path) -> dict[str, dict[str, float]]:
     """Wall time summed over jobs and the largest resident memory, per rule (from Snakemake's benchmarks)."""
     out: dict[str, dict[str, float]] = {}
     for tsv in sorted(bench_dir.glob("*/*.tsv")):
-        row = pd.read_csv(tsv, sep="\t").iloc[-1]
+        row = _benchmark_row(tsv)
         entry = out.setdefault(tsv.parent.name, {"jobs": 0, "seconds": 0.0, "max_rss_mb": 0.0})
         entry["jobs"] += 1
         entry["seconds"] += float(row["s"])
@@ -367,7 +372,7 @@ def stage_timing(bench_dir: Path) -> dict[str, dict[str, float]]:
 def job_seconds(bench_dir: Path, rule: str, classifier: str) -> float | None:
     """Wall time of one classifier's jobs of ``rule``, summed (None before any ran under Snakemake)."""
     files = sorted((bench_dir / rule).glob(f"{classifier}-*.tsv")) + sorted((bench_dir / rule).glob(f"{classifier}.tsv"))
-    return sum(float(pd.read_csv(f, sep="\t").iloc[-1]["s"]) for f in files) if files else None
+    return sum(float(_benchmark_row(f)["s"]) for f in files) if files else None
 
 
 def _img(data: bytes, alt: str) -> str:
@@ -444,7 +449,8 @@ def run_report(ctx: Context) -> None:
         figs.append((f"{name}: activation maximisation", "Each row is one unit: its linking sweep (one start sample, low to "
                      "high activation; one generator pass per image) beside the image that activation maximisation "
                      "optimised for it (actmax.steps forward and backward passes of the classifier). The label gives "
-                     "the unit's activation on that image and the largest one seen on real samples.",
+                     "the unit's activation on that image and the top of its sweep (the largest one seen on real "
+                     "samples with tune.bounds: minmax).",
                      figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))))
         figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in standard deviations of the property.",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
@@ -555,7 +561,7 @@ def _html(run: str, summary: dict[str, Any], figs: list[tuple[str, str, bytes]],
     ]
     actmax_rows = [
         {"classifier": name, "units": s["actmax"]["units"], "steps": s["actmax"]["steps"],
-         "actmax / data max (median)": s["actmax"]["median_activation_over_data_max"],
+         "actmax / sweep top (median)": s["actmax"]["median_activation_over_sweep_top"],
          "actmax job s / unit": s["actmax"]["timing"]["actmax_job_seconds_per_unit"],
          "tune job s / unit": s["actmax"]["timing"]["tune_job_seconds_per_unit"]}
         for name, s in summary["classifiers"].items()
@@ -582,7 +588,8 @@ th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} section {{ margin-botto
 concept label and the share of counterfactuals in which they were.</p>{_table(counterfactual_rows)}
 <h2>Activation maximisation beside linking</h2>
 <p>The baseline's cost per unit against the tune jobs' (wall time per unit, start-up included; linking renders every
-start sample of a unit), and how high it drives its unit relative to the largest activation seen on real samples.</p>
+start sample of a unit), and how high it drives its unit relative to the top of the unit's sweep (the largest
+activation on real samples, or tune.percentiles' upper one with tune.bounds: percentile).</p>
 {_table(actmax_rows)}
 {sections}
 <h2>Timing per stage</h2>{_table(timing)}

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from ..errors import LinkstyleError
+from ..generators.base import Generator
 from ..io import write_npz
 from ..runtime import batches
 from ..seeds import sample_seeds
@@ -23,6 +24,17 @@ def shard_range(per_class: int, per_shard: int, shard: int) -> tuple[int, int]:
 
 
 @torch.inference_mode()
+def map_latents(gen: Generator, z: torch.Tensor, cls: int, *, psi: float, batch_size: int,
+                device: torch.device) -> torch.Tensor:
+    """``z`` of one class -> ``w`` (on the CPU), in batches of ``batch_size``."""
+    w = torch.empty(len(z), gen.w_dim)
+    for sl in batches(len(z), batch_size):
+        classes = torch.full((sl.stop - sl.start,), cls, dtype=torch.long, device=device)
+        w[sl] = gen.mapping(z[sl].to(device), classes, truncation_psi=psi).cpu()
+    return w
+
+
+@torch.inference_mode()
 def run_sample(ctx: Context, cls: int, shard: int) -> None:
     cfg = ctx.cfg
     if cls not in cfg.classes:
@@ -33,10 +45,7 @@ def run_sample(ctx: Context, cls: int, shard: int) -> None:
     z = gen.sample_z(seeds.tolist())
     if len(np.unique(z.numpy(), axis=0)) != len(z):
         raise RuntimeError(f"duplicate latents among seeds {seeds[0]}..{seeds[-1]}: the generator's sample_z is broken")
-    w = torch.empty(len(seeds), gen.w_dim)
-    for sl in batches(len(seeds), cfg.generator.batch_size):
-        classes = torch.full((sl.stop - sl.start,), cls, dtype=torch.long, device=ctx.device)
-        w[sl] = gen.mapping(z[sl].to(ctx.device), classes, truncation_psi=cfg.generator.truncation_psi).cpu()
+    w = map_latents(gen, z, cls, psi=cfg.generator.truncation_psi, batch_size=cfg.generator.batch_size, device=ctx.device)
     out = ctx.paths.samples(cls, shard)
     write_npz(out, ctx.origin("sample", cls=cls, shard=shard),
               seed=seeds, cls=np.full(len(seeds), cls, dtype=np.int64), z=z.numpy(), w=w.numpy())

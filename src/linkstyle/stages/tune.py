@@ -100,11 +100,12 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     realised = np.empty(n, dtype=np.float32)
     pred = np.empty(n, dtype=np.int64)
     prob_cls = np.empty(n, dtype=np.float32)
-    factor_rows: dict[str, np.ndarray] = {}  # the ground-truth factors go to the table, not the arrays
+    factors: np.ndarray | None = None  # the ground-truth factors go to the table, not the arrays
     names_of: dict[str, tuple[str, ...]] = {}
     unit_ids = torch.from_numpy(units)
 
     def step(sl: slice) -> None:
+        nonlocal factors
         ui, si, ki = (torch.from_numpy(a[sl]) for a in (u_idx, s_idx, k_idx))
         r = r0[si].clone()
         rows = torch.arange(len(ui))
@@ -122,14 +123,13 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
         store("w", sl, w.float().cpu().numpy())
         if truth is not None:
             names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
-            if not factor_rows:
-                factor_rows["all"] = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
-            factor_rows["all"][sl] = truth.factors.float().cpu().numpy()
+            if factors is None:
+                factors = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
+            factors[sl] = truth.factors.float().cpu().numpy()
             store("masks", sl, truth.masks.cpu().numpy().astype(np.uint8, copy=False))
 
     with progress(n, label) as bar:
         run_batched(n, cfg.tune.batch_size, step, bar.update, setting="tune.batch_size")
-    factors = factor_rows.get("all")
     factor_names = names_of.get("factors", ())
     part_names = names_of.get("parts", ())
 
