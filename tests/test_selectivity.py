@@ -4,168 +4,225 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from linkstyle.config import SelectivityConfig, load_config
+from linkstyle.config import SelectivityConfig
 from linkstyle.measures import PROPERTIES
-from linkstyle.stages.selectivity import (
+from linkstyle.selectivity import (
     NO_CONCEPT,
-    _axial_delta,
-    _faithfulness,
-    _labels,
-    _Moments,
-    _selectivity_index,
-    _spearman_rows,
-    _sweep_deltas,
+    Block,
+    Features,
+    analyse_block,
+    circular_difference,
     concept_recovery,
+    effects,
+    explanations,
+    faithfulness,
+    label_agreement,
+    planted_recovery,
     population,
+    selectivity_index,
+    spearman_rows,
+    spread,
     summarise,
+    sweep_changes,
+    unit_labels,
 )
 
-CRIT = SelectivityConfig(faithful_min_spearman=0.5, min_effect=0.5, min_sign_agreement=0.8, min_selectivity=0.2)
+CRIT = SelectivityConfig(faithful_min_spearman=0.5, min_effect=0.5, min_confidence=0.9, min_selectivity=0.0,
+                         min_gain=0.25, bootstrap=200, max_concepts=5, reference_images=64)
 
 
-def test_angle_changes_wrap_modulo_180():
-    np.testing.assert_allclose(_axial_delta(np.array([170.0, 10.0, 45.0]), np.array([10.0, 170.0, 90.0])), [20.0, -20.0, 45.0])
+def test_circular_differences_wrap_by_their_period():
+    np.testing.assert_allclose(circular_difference(np.array([170.0, 10.0, 45.0]), np.array([10.0, 170.0, 90.0]), 180.0),
+                               [20.0, -20.0, 45.0])
+    np.testing.assert_allclose(circular_difference(np.array([350.0, 10.0]), np.array([10.0, 350.0]), 360.0), [20.0, -20.0])
 
 
-def test_sweep_deltas_average_over_starts_and_skip_missing_parts():
-    values = np.zeros((2, 3, 3, 2))  # units, starts, steps, features
-    values[0, :, -1, 0] = [1.0, 2.0, 3.0]
-    values[1, 0, :, 1] = np.nan  # part absent in one start
-    values[1, 1:, -1, 1] = 4.0
-    deltas, counts, agree = _sweep_deltas(values, np.array([False, False]))
-    np.testing.assert_allclose(deltas, [[2.0, 0.0], [0.0, 4.0]])
-    np.testing.assert_array_equal(counts, [[3, 3], [3, 2]])
-    np.testing.assert_allclose(agree, [[1.0, 0.0], [0.0, 1.0]])  # no change: no sign to agree with
+def test_spread_is_the_std_and_circular_for_periodic_properties():
+    x = np.array([1.0, 2.0, 3.0, np.nan])
+    assert spread(x) == pytest.approx(np.std([1.0, 2.0, 3.0]))
+    # hues on both sides of 0: a plain std would be ~170 degrees, the circular one is ~8
+    assert spread(np.array([355.0, 5.0, 350.0, 10.0]), 360.0) == pytest.approx(7.9, abs=0.3)
+    assert spread(np.array([1.0])) != spread(np.array([1.0]))  # NaN: one value has no spread
 
 
-def test_sign_agreement_counts_starts_that_go_the_mean_way():
-    values = np.zeros((1, 5, 2, 1))
-    values[0, :, 1, 0] = [1.0, 2.0, 3.0, -0.5, 1.0]
-    _, _, agree = _sweep_deltas(values, np.array([False]))
-    assert agree[0, 0] == pytest.approx(0.8)
+def test_sweep_changes_are_last_minus_first_and_circular_where_periodic():
+    values = np.zeros((1, 2, 3, 2))  # units, starts, steps, features (angle, area)
+    values[0, :, 0, 0], values[0, :, -1, 0] = 170.0, 10.0
+    values[0, :, -1, 1] = [1.0, 2.0]
+    d = sweep_changes(values, np.array([180.0, np.nan]))
+    np.testing.assert_allclose(d[0], [[20.0, 1.0], [20.0, 2.0]])
 
 
-def _tune(target, realised, pred=None, cls=None):
-    n = target.size
-    return pd.DataFrame(
-        {
-            "target": target.reshape(-1),
-            "realised": realised.reshape(-1),
-            "pred": np.zeros(n, int) if pred is None else pred.reshape(-1),
-            "cls": np.zeros(n, int) if cls is None else cls.reshape(-1),
-        }
-    )
+def test_effects_scale_by_the_reference_spread_and_bootstrap_per_unit():
+    changes = np.zeros((2, 10, 2))
+    changes[0, :, 0] = 2.0 + np.linspace(-0.1, 0.1, 10)  # consistent: effect 1.0 in spreads of 2
+    changes[1, :, 0] = np.tile([3.0, -3.0], 5)  # no consistent sign
+    changes[0, :, 1] = np.nan  # a part absent in every start
+    eff = effects(changes, np.array([2.0, 1.0]), [4, 9], CRIT, seed=0)
+    assert eff.effect[0, 0] == pytest.approx(1.0)
+    assert eff.confidence[0, 0] == 1.0 and eff.ci_low[0, 0] > 0.9
+    assert eff.confidence[1, 0] < 0.5
+    assert np.isnan(eff.effect[0, 1]) and eff.n_starts[0, 1] == 0
+
+
+def test_a_units_bootstrap_does_not_depend_on_its_neighbours():
+    rng = np.random.default_rng(0)
+    changes = rng.normal(0.5, 1.0, (5, 10, 3))
+    scale = np.ones(3)
+    together = effects(changes, scale, [0, 1, 2, 3, 4], CRIT, seed=3)
+    alone = effects(changes[2:3], scale, [2], CRIT, seed=3)
+    for field in ("effect", "ci_low", "ci_high", "confidence"):
+        np.testing.assert_array_equal(getattr(together, field)[2], getattr(alone, field)[0])
 
 
 def test_spearman_rows():
     a = np.array([[0.0, 1.0, 2.0], [0.0, 1.0, 2.0], [0.0, 1.0, 2.0]])
     b = np.array([[1.0, 5.0, 9.0], [3.0, 2.0, 1.0], [7.0, 7.0, 7.0]])
-    rho = _spearman_rows(a, b)
+    rho = spearman_rows(a, b)
     assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(-1.0) and np.isnan(rho[2])
-    assert _spearman_rows(np.array([0.0, 1, 2, 3]), np.array([0.0, 10, 11, 1000])) == pytest.approx(1.0)  # ranks, not values
+    assert spearman_rows(np.array([0.0, 1, 2, 3]), np.array([0.0, 10, 11, 1000])) == pytest.approx(1.0)  # ranks, not values
 
 
-def test_faithfulness_of_a_unit_that_follows_its_sweep_exactly():
-    target = np.tile(np.linspace(0, 2, 3), (1, 4, 1))  # 1 unit, 4 starts, 3 steps
-    baseline = np.arange(4.0)[None, :, None] * 10  # starts differ a lot in baseline
-    f = _faithfulness(_tune(target, target + baseline), 1, 4, 3, 0.5)
+def _sweeps(realised_scale: float, n_s: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    target = np.tile(np.linspace(0, 2, 3), (1, n_s, 1))
+    baseline = np.arange(float(n_s))[None, :, None] * 10  # starts differ a lot in baseline
+    return target, target * realised_scale + baseline, np.ones_like(target, bool)
+
+
+def test_faithfulness_and_gain_of_a_unit_that_follows_its_sweep_exactly():
+    f = faithfulness(*_sweeps(1.0), CRIT)
     assert f.loc[0, "faithfulness"] == pytest.approx(1.0) and f.loc[0, "faithful"]
-    assert f.loc[0, "rise_ratio"] == pytest.approx(1.0)
+    assert f.loc[0, "gain"] == pytest.approx(1.0) and not f.loc[0, "weak_sweep"]
     assert f.loc[0, "monotonic"] == 1.0 and f.loc[0, "class_kept"] == 1.0
 
 
+def test_a_sweep_that_barely_moves_its_unit_is_weak_though_perfectly_ranked():
+    f = faithfulness(*_sweeps(0.07), CRIT)
+    assert f.loc[0, "faithfulness"] == pytest.approx(1.0)  # the rank correlation cannot tell
+    assert f.loc[0, "gain"] == pytest.approx(0.07) and f.loc[0, "weak_sweep"]
+
+
 def test_faithfulness_is_the_median_over_starts():
-    target = np.tile(np.linspace(0, 2, 3), (1, 5, 1))
-    realised = target.copy()
+    target, realised, kept = _sweeps(1.0, n_s=5)
     realised[0, :2] = realised[0, :2, ::-1]  # two of five starts go the wrong way
-    f = _faithfulness(_tune(target, realised), 1, 5, 3, 0.5)
-    assert f.loc[0, "faithfulness"] == pytest.approx(1.0) and f.loc[0, "faithful"]
+    assert faithfulness(target, realised, kept, CRIT).loc[0, "faithful"]
     realised[0, 2] = realised[0, 2, ::-1]  # now three of five
-    f = _faithfulness(_tune(target, realised), 1, 5, 3, 0.5)
+    f = faithfulness(target, realised, kept, CRIT)
     assert f.loc[0, "faithfulness"] == pytest.approx(-1.0) and not f.loc[0, "faithful"]
 
 
-def test_faithfulness_of_a_unit_that_ignores_its_sweep():
-    target = np.tile(np.linspace(0, 2, 3), (1, 4, 1))
-    realised = np.zeros_like(target)  # a dead unit: no correlation at all
-    f = _faithfulness(_tune(target, realised, pred=np.ones(12, int)), 1, 4, 3, 0.5)
-    assert np.isnan(f.loc[0, "faithfulness"]) and not f.loc[0, "faithful"]
-    assert f.loc[0, "rise_ratio"] == 0.0 and f.loc[0, "class_kept"] == 0.0
+def test_a_dead_unit_is_neither_faithful_nor_strong():
+    target, _, kept = _sweeps(1.0)
+    f = faithfulness(target, np.zeros_like(target), ~kept, CRIT)
+    assert np.isnan(f.loc[0, "faithfulness"]) and not f.loc[0, "faithful"] and f.loc[0, "weak_sweep"]
+    assert f.loc[0, "class_kept"] == 0.0
 
 
 def test_selectivity_index():
-    si = _selectivity_index(np.array([[1.0, 1.0, 1.0], [2.0, 0.0, 0.0], [3.0, 1.0, np.nan], [0.0, 0.0, 0.0]]))
+    si = selectivity_index(np.array([[1.0, 1.0, 1.0], [2.0, 0.0, 0.0], [3.0, 1.0, np.nan], [0.0, 0.0, 0.0]]))
     np.testing.assert_allclose(si, [0.0, 1.0, 0.5, 0.0])
 
 
-INDEX = pd.DataFrame(
-    {
-        "kind": ["measure", "measure", "measure", "measure", "factor", "factor"],
-        "part": ["head", "tail", "tail", "tail", "", ""],
-        "property": ["area", "n_components", "width", "motion", "hue", "pose"],
-    }
+FEATS = Features(
+    kind=np.array(["measure", "measure", "measure", "measure", "measure", "factor", "factor"], object),
+    part=np.array(["head", "tail", "tail", "tail", "body", "", ""], object),
+    prop=np.array(["area", "n_components", "width", "motion", "hue", "hue", "pose"], object),
+    scale=np.ones(7),
 )
 
 
-def test_labels_pick_the_largest_ranked_change():
-    delta_std = np.array([[0.5, 9.0, -2.0, 7.0, 0.1, 3.0]])
-    agree = np.ones_like(delta_std)
-    labels = _labels(delta_std, agree, INDEX, CRIT)
-    assert labels.loc[0, "top_part"] == "tail" and labels.loc[0, "top_property"] == "width"  # counts and motion never label
-    assert labels.loc[0, "top_delta_std"] == -2.0
-    assert labels.loc[0, "top_factor"] == "pose"
-    assert labels.loc[0, "selectivity_index"] == pytest.approx((2.0 - 0.5) / 2.5)
+def _explain(changes: np.ndarray, units=(3,)):
+    eff = effects(changes, FEATS.scale, list(units), CRIT, seed=0)
+    explained = explanations(list(units), eff, FEATS, CRIT)
+    return explained, unit_labels(list(units), eff, FEATS, explained, CRIT)
+
+
+def test_the_explanation_ranks_what_stands_out_and_the_label_is_its_first_item():
+    changes = np.tile(np.array([0.6, 9.0, -2.0, 7.0, 0.1, 0.1, 3.0]), (1, 8, 1))
+    explained, labels = _explain(changes)
+    assert list(explained["concept"]) == ["tail:width:-", "head:area:+"]  # counts and motion never enter
     assert labels.loc[0, "concept"] == "tail:width:-" and labels.loc[0, "selective"]
+    assert labels.loc[0, "n_concepts"] == 2 and labels.loc[0, "concepts"] == "tail:width:-; head:area:+"
+    assert labels.loc[0, "top_factor"] == "pose"
 
 
-@pytest.mark.parametrize("change, agreement, why", [(0.4, 1.0, "too small"), (2.0, 0.6, "inconsistent"), (0.6, 1.0, "unselective")])
-def test_labels_say_none_when_a_test_fails(change, agreement, why):
-    delta_std = np.array([[0.55 if why == "unselective" else 0.1, 0.0, change, 0.0, 0.0, 0.0]])
-    labels = _labels(delta_std, np.full_like(delta_std, agreement), INDEX, CRIT)
-    assert labels.loc[0, "concept"] == NO_CONCEPT and not labels.loc[0, "selective"], why
+def test_nothing_stands_out_gives_none():
+    rng = np.random.default_rng(0)
+    small = np.tile(np.array([0.3, 0.0, 0.2, 0.0, 0.1, 0.0, 0.0]), (1, 8, 1))  # below min_effect
+    noisy = rng.normal(0.0, 2.0, (1, 8, 7))  # large but no consistent sign
+    for changes in (small, noisy):
+        explained, labels = _explain(changes)
+        assert explained.empty and labels.loc[0, "concept"] == NO_CONCEPT and not labels.loc[0, "selective"]
+
+
+def test_circular_hue_changes_enter_the_explanation_across_zero():
+    values = np.zeros((1, 6, 3, 7))
+    values[0, :, 0, 4], values[0, :, -1, 4] = 350.0, 20.0  # body hue crosses 0: +30 degrees
+    feats = Features(FEATS.kind, FEATS.part, FEATS.prop, np.array([1, 1, 1, 1, 20.0, 1, 1]))
+    block = Block(np.array([3]), values, *_sweeps(1.0, n_s=6))
+    out = analyse_block(block, feats, CRIT, seed=0)
+    assert out.units.loc[0, "concept"] == "body:hue:+"
+    assert out.explanations.loc[0, "effect"] == pytest.approx(1.5)
 
 
 def test_population_shares():
     units = pd.DataFrame({"selective": [True, True, False, True], "faithful": [True, False, True, True],
-                          "top_part": ["head", "head", "tail", "tail"], "top_property": ["area", "area", "width", "width"]})
-    pop = population(units, INDEX).set_index(["part", "property"])
+                          "concept": ["head:area:+", "head:area:-", NO_CONCEPT, "tail:width:+"]})
+    pop = population(units, FEATS).set_index(["part", "property"])
     assert pop.loc[("head", "area"), "n_selective"] == 2 and pop.loc[("head", "area"), "n_selective_faithful"] == 1
     assert pop.loc[("tail", "width"), "share"] == 0.25
     assert pop.loc[("*", "*"), "n_selective"] == 3 and pop.loc[("*", "*"), "share_faithful"] == pytest.approx(2 / 3)
     assert ("tail", "motion") not in pop.index  # never a label
 
 
-def test_concept_recovery_counts_matches_and_chance():
+def test_concept_recovery_counts_matches_top3_and_chance():
     concepts = {"ear_size": (("ear", "area"), ("ear", "width")), "hue": (("body", "luminance"), ("head", "luminance"))}
     units = pd.DataFrame({
+        "unit": [0, 1, 2, 3, 4],
         "selective": [True, True, True, True, False],
-        "top_part": ["ear", "ear", "head", "body", "ear"],
-        "top_property": ["area", "angle", "luminance", "area", "area"],
+        "concept": ["ear:area:+", "ear:angle:+", "head:luminance:-", "body:area:+", NO_CONCEPT],
         "top_factor": ["ear_size", "ear_size", "hue", "hue", "hue"],
     })
-    rec = concept_recovery(units, concepts, "truth").set_index("part")
+    explained = pd.DataFrame({"unit": [1, 1, 3], "rank": [1, 2, 4], "part": ["ear", "ear", "body"],
+                              "property": ["angle", "width", "luminance"]})
+    rec = concept_recovery(units, concepts, "truth", explained=explained).set_index("part")
     assert rec.loc["all", "n_labelled"] == 4
     assert rec.loc["all", "part_agreement"] == 1.0  # ear, ear, head (fur), body
     assert rec.loc["all", "concept_agreement"] == 0.5  # ear:area and head:luminance
+    assert rec.loc["all", "top3_concept_agreement"] == 0.25  # unit 1's second item; unit 3's match is 4th
     assert rec.loc["ear", "concept_agreement"] == 0.5 and rec.loc["body", "n_labelled"] == 2
     assert 0 < rec.loc["all", "chance_part_agreement"] < 1
 
 
-def test_summarise_labels_a_unit_that_grows_one_part():
-    """Two units x 4 starts x 3 steps: unit 7 grows the ear, unit 9 changes nothing in particular.
+def test_label_agreement_counts_units_labelled_by_either():
+    a = pd.DataFrame({"unit": [0, 1, 2, 3], "concept": ["ear:area:+", NO_CONCEPT, "tail:width:+", NO_CONCEPT]})
+    b = pd.DataFrame({"unit": [3, 2, 1, 0], "concept": [NO_CONCEPT, "tail:width:+", "body:area:+", "ear:area:+"]})
+    assert label_agreement(a, b) == pytest.approx(2 / 3)
 
-    As in real sweeps, start samples differ far more from each other than the steps of one sweep
-    do (the spread that normalises every change is mostly between starts)."""
-    cfg = load_config(None, {"tune": {"n_steps": 3}})
-    rng = np.random.default_rng(0)
-    k, n_s, parts = 3, 4, ["background", "ear"]
-    rows = []
+
+def test_planted_recovery_scores_label_and_rank():
+    units = pd.DataFrame({"unit": [10, 11], "concept": ["tail:area:+", "body:luminance:+"]})
+    explained = pd.DataFrame({"unit": [10, 11, 11], "rank": [1, 1, 2], "part": ["tail", "body", "background"],
+                              "property": ["area", "luminance", "luminance"], "sign": ["+", "+", "+"]})
+    spec = [{"unit": 10, "name": "tail_length", "expected": [["tail", "area", "+"]]},
+            {"unit": 11, "name": "backdrop_luminance", "expected": [["background", "luminance", "+"]]}]
+    out = planted_recovery(units, explained, spec, "truth").set_index("name")
+    assert out.loc["tail_length", "hit"] and out.loc["tail_length", "hit_rank"] == 1
+    assert not out.loc["backdrop_luminance", "hit"] and out.loc["backdrop_luminance", "hit_rank"] == 2
+
+
+def _tables(units, n_s=4, k=3, seed=0):
+    """Tune and measure tables of ``units``: unit 7 grows the ear, the others change nothing much."""
+    rng = np.random.default_rng(seed)
+    parts = ["background", "ear"]
     offset = rng.normal(0, 0.1, (n_s, len(parts), len(PROPERTIES)))
-    for unit in (7, 9):
+    rows = []
+    for unit in units:
+        noise = np.random.default_rng(unit).normal(0, 0.005, (n_s, k, len(parts), len(PROPERTIES)))
         for s in range(n_s):
             for step in range(k):
                 for i, part in enumerate(parts):
-                    vals = {p: offset[s, i, j] + rng.normal(0, 0.005) for j, p in enumerate(PROPERTIES)}
+                    vals = {p: offset[s, i, j] + noise[s, step, i, j] for j, p in enumerate(PROPERTIES)}
                     if unit == 7 and part == "ear":
                         vals["area"] += 0.15 * step
                     rows.append({"unit": unit, "start": s, "step": step, "masks": "truth", "part": part, **vals})
@@ -174,35 +231,44 @@ def test_summarise_labels_a_unit_that_grows_one_part():
     meas["masks"] = pd.Categorical(meas["masks"])
     t = np.linspace(0, 1, k)
     tune = pd.DataFrame([{"unit": u, "start": s, "step": j, "target": t[j], "realised": t[j] * (1 if u == 7 else -1),
-                          "pred": 0, "cls": 0} for u in (7, 9) for s in range(n_s) for j in range(k)])
-    out = summarise(cfg, [([7, 9], tune, meas)])
+                          "pred": 0, "cls": 0} for u in units for s in range(n_s) for j in range(k)])
+    spread_table = pd.DataFrame({"kind": "measure", "part": np.repeat(parts, len(PROPERTIES)),
+                                 "property": list(PROPERTIES) * len(parts), "spread": 0.1})
+    return tune, meas, spread_table
+
+
+def test_summarise_labels_a_unit_that_grows_one_part():
+    tune, meas, spread_table = _tables([7, 9])
+    out = summarise(CRIT, 3, [([7, 9], tune, meas)], spread_table, seed=0)
     u = out.units.set_index("unit")
     assert u.loc[7, "concept"] == "ear:area:+" and u.loc[7, "faithful"]
-    assert not u.loc[9, "faithful"]
-    assert set(out.features.columns) >= {"unit", "part", "property", "delta_std", "sign_agreement", "faithful"}
-    assert len(out.features) == 2 * len(parts) * len(PROPERTIES)
-    assert out.population.set_index(["part", "property"]).loc[("ear", "area"), "n_selective"] >= 1
+    assert u.loc[9, "concept"] == NO_CONCEPT and not u.loc[9, "faithful"]
+    assert set(out.features.columns) >= {"unit", "part", "property", "delta_std", "confidence", "sign_agreement"}
+    assert len(out.features) == 2 * 2 * len(PROPERTIES)
+    assert out.population.set_index(["part", "property"]).loc[("ear", "area"), "n_selective"] == 1
 
 
-def test_running_moments_match_numpy_and_ignore_nan():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(100, 3))
-    x[::7, 1] = np.nan
-    m = _Moments()
-    m.add(x[:40].reshape(4, 10, 3))  # 4 units of 10 rows
-    m.add(x[40:].reshape(6, 10, 3))
-    np.testing.assert_allclose(m.std(), np.nanstd(x, axis=0), rtol=1e-10)
+def test_a_units_whole_explanation_is_the_same_alone_in_any_shard_and_with_all_units():
+    units = [3, 7, 9, 12, 20]
+    tune, meas, spread_table = _tables(units)
 
-
-def test_running_moments_do_not_depend_on_how_units_are_split_into_shards():
-    rng = np.random.default_rng(1)
-    x = rng.lognormal(sigma=3.0, size=(12, 9, 4))  # wide range: float64 sums round differently by order
-    stds = []
-    for cuts in ([12], [5, 7], [1] * 12, [3, 3, 3, 3]):
-        m, start = _Moments(), 0
+    def run(cuts):
+        blocks, start = [], 0
         for n in cuts:
-            m.add(x[start : start + n])
+            mine = units[start : start + n]
+            blocks.append((mine, tune[tune["unit"].isin(mine)], meas[meas["unit"].isin(mine)]))
             start += n
-        stds.append(m.std())
-    for other in stds[1:]:
-        np.testing.assert_array_equal(other, stds[0])
+        return summarise(CRIT, 3, blocks, spread_table, seed=0)
+
+    together = run([5])
+    for cuts in ([2, 3], [1, 1, 1, 1, 1]):
+        other = run(cuts)
+        pd.testing.assert_frame_equal(other.units, together.units)
+        pd.testing.assert_frame_equal(other.features, together.features)
+        pd.testing.assert_frame_equal(other.explanations, together.explanations)
+    alone_tune, alone_meas = tune[tune["unit"] == 7], meas[meas["unit"] == 7]
+    alone = summarise(CRIT, 3, [([7], alone_tune, alone_meas)], spread_table, seed=0)
+    pd.testing.assert_frame_equal(alone.units.reset_index(drop=True),
+                                  together.units[together.units["unit"] == 7].reset_index(drop=True))
+    pd.testing.assert_frame_equal(alone.explanations.reset_index(drop=True),
+                                  together.explanations[together.explanations["unit"] == 7].reset_index(drop=True))

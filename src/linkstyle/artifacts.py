@@ -74,7 +74,7 @@ CLASSIFIER_METRICS = ("heldout_accuracy",)
 
 TUNE_TABLE: Columns = {
     "unit": "i", "start": "i", "start_seed": "i", "cls": "i", "step": "i",
-    "target": "f", "realised": "f", "pred": "i", "prob_cls": "f",
+    "target": "f", "realised": "f", "pred": "i", "prob_cls": "f", "unit_r2": "f",
 }
 
 #: Images are uint8 NHWC; label maps (masks) hold a part index per pixel, one map per image.
@@ -97,16 +97,31 @@ def measure_table() -> Columns:
             **{p: "f" for p in PROPERTIES}, "truth_iou": "f"}
 
 
+REFERENCE_SPREAD: Columns = {
+    "masks": "str", "kind": "str", "part": "str", "property": "str", "spread": "f", "n": "i",
+}
+
 SELECTIVITY_FEATURES: Columns = {
     "unit": "i", "kind": "str", "part": "str", "property": "str", "delta": "f", "delta_std": "f",
-    "sign_agreement": "f", "n_starts": "i", "faithful": "b",
+    "ci_low": "f", "ci_high": "f", "confidence": "f", "sign_agreement": "f", "n_starts": "i", "faithful": "b",
 }
 
 SELECTIVITY_UNITS: Columns = {
     "unit": "i", "n_starts": "i", "faithfulness": "f", "faithful": "b", "realised_rise": "f", "rise_ratio": "f",
-    "monotonic": "f", "class_kept": "f", "top_part": "str", "top_property": "str", "top_delta_std": "f",
-    "top_agreement": "f", "selectivity_index": "f", "concept": "str", "selective": "b",
-    "motion_part": "str", "motion": "f", "motion_direction": "f",
+    "gain": "f", "weak_sweep": "b", "monotonic": "f", "class_kept": "f", "top_part": "str", "top_property": "str",
+    "top_confidence": "f", "top_delta_std": "f", "top_agreement": "f", "selectivity_index": "f", "concept": "str",
+    "selective": "b", "concepts": "str", "n_concepts": "i", "motion_part": "str", "motion": "f",
+    "motion_direction": "f",
+}
+
+SELECTIVITY_EXPLANATIONS: Columns = {
+    "unit": "i", "rank": "i", "part": "str", "property": "str", "sign": "str", "effect": "f", "ci_low": "f",
+    "ci_high": "f", "confidence": "f", "concept": "str",
+}
+
+SELECTIVITY_PLANTED: Columns = {
+    "masks": "str", "unit": "i", "name": "str", "group": "str", "kind": "str", "label": "str", "hit": "b",
+    "hit_rank": "i", "expected": "str",
 }
 
 SELECTIVITY_POPULATION: Columns = {
@@ -116,7 +131,8 @@ SELECTIVITY_POPULATION: Columns = {
 
 SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
-    "concept_agreement": "f", "chance_part_agreement": "f", "chance_concept_agreement": "f", "swept_iou": "f",
+    "concept_agreement": "f", "top3_concept_agreement": "f", "chance_part_agreement": "f",
+    "chance_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f",
 }
 
 COUNTERFACTUAL_ITEMS: Columns = {

@@ -34,6 +34,8 @@ STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
                         "exact masks on the built-in world).", []),
     "measure": ("Measure area, luminance, entropy, ellipse and motion of every part in one tuned shard.",
                 [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
+    "reference": ("Render, segment and measure linked held-out samples: the spread of every property that scales "
+                  "each unit's changes.", [("classifier", str, "classifier name")]),
     "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
                     [("classifier", str, "classifier name")]),
     "counterfactual": ("Find feature shifts that make the rendered image change class, for every configured class pair, "

@@ -258,11 +258,17 @@ def analyse_units(config: str | Path, classifier: str, units: Iterable[int], *, 
     n = len(chunks)
     jobs = ex.map_array(_sweep_and_measure, [str(config)] * n, [classifier] * n, chunks,
                         [str(Path(folder).resolve())] * n, [dict(overrides or {})] * n, [resources.cpus_per_task] * n)
-    from .stages.selectivity import primary_mask_source, summarise
+    from .selectivity import summarise
+    from .seeds import derive
+    from .stages.context import Context
+    from .stages.selectivity import primary_mask_source, read_spread
 
     blocks = [result(job) for job in jobs]
     primary = primary_mask_source(cfg)
-    summary = summarise(cfg, [(units, tune, meas[meas["masks"] == primary]) for units, tune, meas in blocks])
+    spread = read_spread(Context(cfg), classifier)  # the reference stage's: a unit's numbers match the workflow's
+    summary = summarise(cfg.selectivity, cfg.tune.n_steps,
+                        [(units, tune, meas[meas["masks"] == primary]) for units, tune, meas in blocks],
+                        spread[spread["masks"] == primary], derive(cfg.seed, "selectivity", classifier) % 2**63)
     table = summary.units
     table.attrs["features"] = summary.features
     table["sweeps"] = [str(Path(folder).resolve() / f"sweeps-{chunk[0]}.npz") for chunk in chunks for _ in chunk]

@@ -30,6 +30,10 @@ class RunPaths:
     def classifier_metrics(self, clf: object) -> Path:
         return self._p("classifiers", clf, "metrics.json")
 
+    def planted_spec(self, clf: object) -> Path:
+        """Classifier kind 'planted': what each planted unit encodes by construction."""
+        return self._p("classifiers", clf, "planted.json")
+
     def samples(self, cls: object, shard: object) -> Path:
         return self._p("samples", f"class-{cls}", f"shard-{shard}.npz")
 
@@ -60,11 +64,23 @@ class RunPaths:
     def measure_table(self, clf: object, shard: object) -> Path:
         return self._p("measure", clf, f"shard-{shard}.parquet")
 
+    def reference_spread(self, clf: object) -> Path:
+        """The spread of every measured property and factor over linked held-out images."""
+        return self._p("reference", clf, "spread.parquet")
+
     def selectivity_features(self, clf: object) -> Path:
         return self._p("selectivity", clf, "features.parquet")
 
     def selectivity_units(self, clf: object) -> Path:
         return self._p("selectivity", clf, "units.parquet")
+
+    def selectivity_explanations(self, clf: object) -> Path:
+        """Each unit's ranked explanation: (part, property, sign) with effect, interval, confidence."""
+        return self._p("selectivity", clf, "explanations.parquet")
+
+    def selectivity_planted(self, clf: object) -> Path:
+        """Classifier kind 'planted': does each planted unit's label name what was planted (no rows otherwise)."""
+        return self._p("selectivity", clf, "planted.parquet")
 
     def selectivity_population(self, clf: object) -> Path:
         return self._p("selectivity", clf, "population.parquet")

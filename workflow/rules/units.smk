@@ -49,16 +49,46 @@ rule measure:
         "{STAGE} measure --config {CONFIG} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
 
 
+rule reference:
+    """Render, segment and measure linked held-out samples: the spread of every property, which scales each unit's changes."""
+    input:
+        PATHS.link_model("{clf}"),
+        PATHS.select_arrays("{clf}"),
+        SEGMENTER,
+    output:
+        PATHS.reference_spread("{clf}"),
+    params:
+        config=digest("reference"),
+    log:
+        PATHS.log("reference", "{clf}"),
+    benchmark:
+        PATHS.benchmark("reference", "{clf}")
+    threads: 1
+    conda:
+        "../../envs/linkstyle.yaml"
+    shell:
+        "{STAGE} reference --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+
+
+def planted_spec(wildcards):
+    """A planted classifier's record of what it planted (classifier kind 'planted')."""
+    return [PATHS.planted_spec(wildcards.clf)] if CFG.classifier(wildcards.clf).kind == "planted" else []
+
+
 rule selectivity:
-    """Reduce every shard of a classifier to per-unit changes, faithfulness, concept labels and population shares."""
+    """Explain every unit of a classifier from its shards: effects, ranked concepts, faithfulness and gain, population shares."""
     input:
         unit_shard_files(PATHS.tune_table),
         unit_shard_files(PATHS.measure_table),
+        PATHS.reference_spread("{clf}"),
+        planted_spec,
     output:
         features=PATHS.selectivity_features("{clf}"),
         units=PATHS.selectivity_units("{clf}"),
+        explanations=PATHS.selectivity_explanations("{clf}"),
         population=PATHS.selectivity_population("{clf}"),
         recovery=PATHS.selectivity_recovery("{clf}"),
+        planted=PATHS.selectivity_planted("{clf}"),
     params:
         config=digest("selectivity"),
     log:

@@ -30,7 +30,7 @@ from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E40
 from .context import Context  # noqa: E402
 from .actmax import read_actmax  # noqa: E402
 from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
-from .selectivity import UNRANKED, top_units  # noqa: E402
+from ..selectivity import UNRANKED, top_units  # noqa: E402
 
 #: Okabe-Ito: distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")

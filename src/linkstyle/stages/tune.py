@@ -1,9 +1,9 @@
-"""Sweep each unit of a shard over its observed range, all other units fixed, and render.
+"""The tune stage: sweep the units of one shard (:mod:`linkstyle.sweep`), render, and store.
 
-For unit u, start sample s and step k the target features are ``r_s`` with unit u set to
-``linspace(low_u, high_u, n_steps)[k]``; the link maps them to ``w``, the generator renders,
-and the classifier's own response to the rendered image (the *realised* activation)
-is recorded, so every sweep carries its own faithfulness check.
+For unit u, start sample s and step k the unit's target is ``linspace(low_u, high_u, n_steps)[k]``;
+the sweep maps it to ``w`` along the unit's direction (``tune.direction``), the generator renders,
+and the classifier's own response to the rendered image (the *realised* activation) is recorded,
+so every sweep carries its own faithfulness check.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 
 from ..errors import LinkstyleError
 from ..io import NpzWriter, Origin, write_parquet
-from ..runtime import autocast, progress, run_batched
+from ..runtime import progress
+from ..sweep import Rendered, plan_sweeps, render_sweeps
 from ..units import unit_shards
 from .context import Context
 from .link import load_link, read_select
@@ -55,33 +56,23 @@ def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, 
     write_parquet(out, table_path, made)  # the table last, as the workflow has always written them
 
 
-@torch.inference_mode()
 def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune",
                 sink: NpzWriter | None = None, max_starts: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard.
 
-    With a ``sink``, the per-image arrays (images, w, masks) go to it batch by batch and are left
-    out of the returned arrays. ``max_starts`` sweeps from the first start samples only (one
-    suffices to look at a unit; the tune stage uses all of them for its consistency test)."""
+    The sweeps themselves are :mod:`linkstyle.sweep`'s (direction ``tune.direction``); this reads their
+    inputs and collects their outputs. With a ``sink``, the per-image arrays (images, w, masks) go to
+    it batch by batch and are left out of the returned arrays. ``max_starts`` sweeps from the first
+    start samples only (one suffices to look at a unit; the tune stage uses all of them)."""
     cfg = ctx.cfg
-    units = np.asarray(unit_list, dtype=np.int64)
     table, arrays = read_select(ctx, name)
     starts = table.index[table["start"]].to_numpy()[:max_starts]
-    r0 = torch.from_numpy(arrays["r"][starts].astype(np.float32))
     start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
-    k = cfg.tune.n_steps
-    frac = np.linspace(0.0, 1.0, k)
-    low, high = arrays["unit_low"][units], arrays["unit_high"][units]
-    values = torch.from_numpy((low[:, None] + (high - low)[:, None] * frac[None]).astype(np.float32))  # [U, K]
-
     link = load_link(ctx, name, dims={"units": arrays["r"].shape[1], "w_dim": arrays["w"].shape[1]})
-    coef = torch.from_numpy(link.coef).to(ctx.device)
-    intercept = torch.from_numpy(link.intercept).to(ctx.device)
-    gen, clf = ctx.generator, ctx.classifier(name)
-
-    n_u, n_s = len(units), len(starts)
-    u_idx, s_idx, k_idx = (a.reshape(-1) for a in np.meshgrid(np.arange(n_u), np.arange(n_s), np.arange(k), indexing="ij"))
-    n = len(u_idx)
+    train = (table["split"] == "train").to_numpy()
+    plan, r2 = plan_sweeps(cfg.tune.direction, link, (arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train]),
+                           arrays["r"][starts], unit_list, arrays["unit_low"], arrays["unit_high"], cfg.tune.n_steps)
+    n = plan.n_images
     per_image: dict[str, np.ndarray] = {}  # without a sink: the per-image arrays, in memory
     declared: set[str] = set()
 
@@ -102,25 +93,17 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     prob_cls = np.empty(n, dtype=np.float32)
     factors: np.ndarray | None = None  # the ground-truth factors go to the table, not the arrays
     names_of: dict[str, tuple[str, ...]] = {}
-    unit_ids = torch.from_numpy(units)
+    s_idx = plan.start_index
 
-    def step(sl: slice) -> None:
+    def collect(batch: Rendered) -> None:
         nonlocal factors
-        ui, si, ki = (torch.from_numpy(a[sl]) for a in (u_idx, s_idx, k_idx))
-        r = r0[si].clone()
-        rows = torch.arange(len(ui))
-        r[rows, unit_ids[ui]] = values[ui, ki]
-        w = r.to(ctx.device, non_blocking=True) @ coef + intercept
-        with autocast(ctx.device, cfg.precision):
-            img, truth = gen.render(w)
-            feats, logits = clf.features_and_logits(img)
-        dev_rows = rows.to(ctx.device)
-        realised[sl] = feats[dev_rows, unit_ids[ui].to(ctx.device)].float().cpu().numpy()
-        p = logits.float().softmax(1)
-        pred[sl] = p.argmax(1).cpu().numpy()
-        prob_cls[sl] = p[dev_rows, torch.from_numpy(start_cls[si.numpy()]).to(ctx.device)].cpu().numpy()
-        store("images", sl, to_uint8(img))
-        store("w", sl, w.float().cpu().numpy())
+        sl = batch.sl
+        realised[sl], pred[sl] = batch.realised, batch.pred
+        cls = torch.from_numpy(start_cls[s_idx[sl]]).to(batch.probs.device)
+        prob_cls[sl] = batch.probs.gather(1, cls[:, None])[:, 0].cpu().numpy()
+        store("images", sl, to_uint8(batch.images))
+        store("w", sl, batch.w.float().cpu().numpy())
+        truth = batch.truth
         if truth is not None:
             names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
             if factors is None:
@@ -129,21 +112,23 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
             store("masks", sl, truth.masks.cpu().numpy().astype(np.uint8, copy=False))
 
     with progress(n, label) as bar:
-        run_batched(n, cfg.tune.batch_size, step, bar.update, setting="tune.batch_size")
+        render_sweeps(plan, ctx.generator, ctx.classifier(name), ctx.device, cfg.precision, cfg.tune.batch_size,
+                      collect, bar.update)
     factor_names = names_of.get("factors", ())
     part_names = names_of.get("parts", ())
-
+    u_idx, k_idx = plan.unit_index, plan.step_index
     out = pd.DataFrame(
         {
-            "unit": units[u_idx],
+            "unit": plan.units[u_idx],
             "start": s_idx,
             "start_seed": start_seed[s_idx],
             "cls": start_cls[s_idx],
             "step": k_idx,
-            "target": values.numpy()[u_idx, k_idx],
+            "target": plan.values[u_idx, k_idx],
             "realised": realised,
             "pred": pred,
             "prob_cls": prob_cls,
+            "unit_r2": r2[u_idx].astype(np.float32),
         }
     )
     if factors is not None:
