@@ -2,7 +2,7 @@
 
 Usage (from the repo root)::
 
-    PYTHONPATH=src .venv/bin/python bench/bench_measures.py [--n 2048] [--size 64] [--parts 8]
+    PYTHONPATH=src .venv/bin/python bench/bench_measures.py [--n 2048] [--size 64] [--parts 8] [--sets 2]
 
 Images are random ellipses and rectangles (one per part, later ones occluding
 earlier ones) filled with a flat colour plus noise, over a noisy background
@@ -30,6 +30,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--n", type=int, default=2048, help="images for part_measures")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--parts", type=int, default=8, help="number of part labels (0 = background)")
+    p.add_argument("--sets", type=int, default=2, help="mask sets for part_measures_many")
     p.add_argument("--sweeps", type=int, default=256, help="sweeps for sweep_motion")
     p.add_argument("--steps", type=int, default=3, help="steps K per sweep")
     p.add_argument("--repeats", type=int, default=3, help="best of this many runs")
@@ -117,42 +118,58 @@ def best_of(repeats: int, fn, *args, **kwargs) -> tuple[float, float]:
 def split_stages(
     args: argparse.Namespace, images: np.ndarray, masks: np.ndarray
 ) -> dict[str, tuple[float, float]]:
-    """Time entropy, labelling/ellipses and the rest of ``part_measures`` separately.
+    """Time per-part entropy, colour, labelling/ellipses and the rest of ``part_measures``.
 
-    The two expensive stages are re-run on the chunks ``part_measures`` uses; the
-    rest is timed by running ``part_measures`` with both stages replaced by
-    look-ups of their precomputed results, so no number is a noisy difference.
+    The expensive stages are re-run on the chunks ``part_measures`` uses; the rest
+    is timed by running ``part_measures`` with those stages replaced by look-ups of
+    their precomputed results, so no number is a noisy difference. The whole-image
+    ``local_entropy`` (no longer part of ``part_measures``) is timed for comparison.
     """
     step = max(1, measures._CHUNK_PIXELS // (args.size * args.size))
     grey = measures.grey_uint8(images)
     grid = measures._Grid(min(step, args.n), args.size, args.size)
     starts = range(0, args.n, step)
-    entropies = [measures.local_entropy(grey[i : i + step], 5) for i in starts]
+    entropies = [
+        measures.local_entropy_in_parts(grey[i : i + step], masks[i : i + step], args.parts, 5)
+        for i in starts
+    ]
+    colours = [measures.lab_ab(images[i : i + step]) for i in starts]
     ellipses = [measures._component_ellipses(masks[i : i + step], args.parts, grid) for i in starts]
 
     def entropy_stage() -> None:
         for i in starts:
+            measures.local_entropy_in_parts(grey[i : i + step], masks[i : i + step], args.parts, 5)
+
+    def whole_entropy_stage() -> None:
+        for i in starts:
             measures.local_entropy(grey[i : i + step], 5)
+
+    def colour_stage() -> None:
+        for i in starts:
+            measures.lab_ab(images[i : i + step])
 
     def ellipse_stage() -> None:
         for i in starts:
             measures._component_ellipses(masks[i : i + step], args.parts, grid)
 
     def rest_stage() -> None:
-        cached_entropy, cached_ellipses = iter(entropies), iter(ellipses)
-        real = measures.local_entropy, measures._component_ellipses
-        measures.local_entropy = lambda *a, **k: next(cached_entropy)
-        measures._component_ellipses = lambda *a, **k: next(cached_ellipses)
+        cached = iter(entropies), iter(colours), iter(ellipses)
+        names = ("local_entropy_in_parts", "lab_ab", "_component_ellipses")
+        real = [getattr(measures, name) for name in names]
+        for name, values in zip(names, cached):
+            setattr(measures, name, lambda *a, _values=values, **k: next(_values))
         try:
             measures.part_measures(images, masks, args.parts)
         finally:
-            measures.local_entropy, measures._component_ellipses = real
+            for name, fn in zip(names, real):
+                setattr(measures, name, fn)
 
     return {
-        "entropy": best_of(args.repeats, entropy_stage),
+        "entropy in parts": best_of(args.repeats, entropy_stage),
+        "colour (Lab)": best_of(args.repeats, colour_stage),
         "labels+ellipses": best_of(args.repeats, ellipse_stage),
         "rest": best_of(args.repeats, rest_stage),
-    }
+    }, best_of(args.repeats, whole_entropy_stage)
 
 
 def main(args: argparse.Namespace) -> None:
@@ -167,7 +184,10 @@ def main(args: argparse.Namespace) -> None:
     )
 
     total = best_of(args.repeats, measures.part_measures, images, masks, args.parts)
-    stages = split_stages(args, images, masks)
+    # Further mask sets: the same masks shifted by 1, 2, ... px, like a segmenter's.
+    sets = [(np.roll(masks, k, axis=2), args.parts) for k in range(args.sets)]
+    many = best_of(args.repeats, measures.part_measures_many, images, sets)
+    stages, whole_entropy = split_stages(args, images, masks)
     motion = best_of(args.repeats, measures.sweep_motion, sweep_images, sweep_masks, args.parts)
 
     print(
@@ -180,6 +200,14 @@ def main(args: argparse.Namespace) -> None:
             f"  {name:16s} {1e3 * wall / args.n:6.3f} ms/image wall, "
             f"{1e3 * cpu / args.n:6.3f} ms/image cpu ({100 * cpu / stage_sum:4.1f}% of cpu)"
         )
+    print(
+        f"  (whole-image local_entropy, for comparison: {1e3 * whole_entropy[0] / args.n:6.3f} ms/image "
+        f"wall, {1e3 * whole_entropy[1] / args.n:6.3f} ms/image cpu)"
+    )
+    print(
+        f"part_measures_many, {args.sets} mask sets: {args.n / many[0]:8.0f} images/s wall, "
+        f"{args.n / many[1]:8.0f} images/s cpu"
+    )
     print(
         f"sweep_motion:  {args.sweeps / motion[0]:8.1f} sweeps/s wall, "
         f"{args.sweeps / motion[1]:8.1f} sweeps/s cpu (K={args.steps}, "

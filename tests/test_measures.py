@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from skimage.color import rgb2lab
 from skimage.filters.rank import entropy as sk_entropy
 from skimage.measure import regionprops
 from skimage.morphology import disk
@@ -19,9 +20,12 @@ from linkstyle.measures import (
     STATIC_PROPERTIES,
     farneback_params,
     grey_uint8,
+    lab_ab,
     local_entropy,
+    local_entropy_in_parts,
     luminance,
     part_measures,
+    part_measures_many,
     sweep_motion,
 )
 
@@ -53,7 +57,8 @@ def ellipse_mask(centre, axes, angle, size: int = SIZE) -> np.ndarray:
 def test_property_names():
     assert PROPERTIES == (*STATIC_PROPERTIES, *MOTION_PROPERTIES)
     assert MOTION_PROPERTIES == ("motion", "motion_x", "motion_y")
-    assert len(STATIC_PROPERTIES) == 13 and len(set(PROPERTIES)) == 16
+    assert len(STATIC_PROPERTIES) == 17 and len(set(PROPERTIES)) == 20
+    assert STATIC_PROPERTIES[1:6] == ("luminance", "lab_a", "lab_b", "chroma", "hue")
 
 
 def test_shapes_and_dtypes():
@@ -135,6 +140,81 @@ def test_luminance_of_uniform_part():
     assert grey_uint8(np.array([[200, 100, 50]], np.uint8))[0] == expected_grey
 
 
+def test_lab_matches_skimage():
+    rng = np.random.default_rng(20)
+    images = rng.integers(0, 256, (3, 17, 19, 3), dtype=np.uint8)
+    images[0, :5] //= 30  # dark pixels: the linear branch of the Lab curve
+    a, b = lab_ab(images)
+    lab = rgb2lab(images)
+    assert a.shape == b.shape == images.shape[:-1]
+    np.testing.assert_allclose(a, lab[..., 1], atol=1e-9)
+    np.testing.assert_allclose(b, lab[..., 2], atol=1e-9)
+    every = np.stack(np.meshgrid(*[np.arange(0, 256, 5)] * 3), -1).astype(np.uint8)
+    np.testing.assert_allclose(np.stack(lab_ab(every), -1), rgb2lab(every)[..., 1:], atol=1e-9)
+
+
+def test_part_colour_matches_skimage():
+    rng = np.random.default_rng(21)
+    images = rng.integers(0, 256, (3, 16, 20, 3), dtype=np.uint8)
+    masks = _random_labels(rng, (3, 16, 20), 4, True).astype(np.uint8)
+    masks[2] = np.minimum(masks[2], 2)  # part 3 absent in image 2
+    out = part_measures(images, masks, 4).astype(np.float64)
+    lab = rgb2lab(images)
+    for i in range(3):
+        for part in range(4):
+            inside = masks[i] == part
+            row = out[i, part]
+            if not inside.any():
+                assert np.isnan(row[[P["lab_a"], P["lab_b"], P["chroma"], P["hue"]]]).all()
+                continue
+            mean_a, mean_b = lab[i][inside][:, 1].mean(), lab[i][inside][:, 2].mean()
+            assert row[P["lab_a"]] == pytest.approx(mean_a, abs=1e-4)
+            assert row[P["lab_b"]] == pytest.approx(mean_b, abs=1e-4)
+            assert row[P["chroma"]] == pytest.approx(math.hypot(mean_a, mean_b), abs=1e-4)
+            hue = math.degrees(math.atan2(mean_b, mean_a)) % 360
+            diff = abs(row[P["hue"]] - hue)
+            assert min(diff, 360 - diff) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("colour", "hue"),
+    [
+        ((255, 0, 0), 40.0),  # red
+        ((255, 255, 0), 102.85),  # yellow
+        ((0, 255, 0), 136.02),  # green
+        ((0, 255, 255), 196.37),  # cyan
+        ((0, 0, 255), 306.28),  # blue
+        ((255, 0, 255), 328.24),  # magenta
+        ((255, 0, 140), 358.26),  # just below the wrap
+        ((255, 0, 128), 2.76),  # just above it
+    ],
+)
+def test_hue_of_pure_colours(colour, hue):
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 1
+    image = blank(colour=(128, 128, 128))
+    image[mask == 1] = colour
+    out = measure_one(image, mask, 2)
+    assert out[1, P["hue"]] == pytest.approx(hue, abs=0.01)
+    l_ab = rgb2lab(np.array([[colour]], np.uint8))[0, 0]
+    assert out[1, P["chroma"]] == pytest.approx(math.hypot(l_ab[1], l_ab[2]), abs=1e-3)
+    assert out[0, P["chroma"]] < 0.01  # grey background: (almost) no chroma
+    assert out[1, P["entropy_max"]] == 0.0 and out[1, P["luminance"]] == pytest.approx(
+        luminance(np.array(colour, np.uint8)), abs=1e-6
+    )
+
+
+def test_hue_is_the_hue_of_the_mean_colour():
+    """Two hues either side of 0 average to ~0 (the mean a*, b*), not to 180."""
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[16:48, 16:48] = 1
+    image = blank(colour=(128, 128, 128))
+    image[16:48, 16:32] = (255, 0, 128)  # hue 2.8
+    image[16:48, 32:48] = (255, 0, 150)  # hue 354.6
+    hue = measure_one(image, mask, 2)[1, P["hue"]]
+    assert 0 <= hue < 360 and min(hue, 360 - hue) < 3
+
+
 # -------------------------------------------------------------------- entropy
 
 
@@ -170,6 +250,151 @@ def test_entropy_zero_in_flat_region_higher_in_texture():
     assert stripes[P["entropy_mean"]] == pytest.approx(1.0, abs=0.01)  # two equiprobable levels
     for row in out:
         assert row[P["entropy_min"]] <= row[P["entropy_mean"]] <= row[P["entropy_max"]]
+
+
+def brute_entropy_in_parts(grey: np.ndarray, labels: np.ndarray, radius: int) -> np.ndarray:
+    """Per pixel: Shannon entropy (bits) of the same-label grey values in the disk, one [H, W] image."""
+    footprint = disk(radius).astype(bool)
+    h, w = grey.shape
+    padded_grey = np.pad(grey.astype(np.int64), radius)
+    padded_labels = np.pad(labels.astype(np.int64), radius, constant_values=-1)  # -1: outside
+    out = np.empty((h, w))
+    for y in range(h):
+        for x in range(w):
+            window = (slice(y, y + 2 * radius + 1), slice(x, x + 2 * radius + 1))
+            keep = footprint & (padded_labels[window] == labels[y, x])
+            _, counts = np.unique(padded_grey[window][keep], return_counts=True)
+            p = counts / counts.sum()
+            out[y, x] = -(p * np.log2(p)).sum()
+    return out
+
+
+def _random_labels(rng, shape, parts: int, blocky: bool) -> np.ndarray:
+    labels = rng.integers(0, parts, shape)
+    if blocky:  # regions of a few pixels instead of salt-and-pepper
+        n, h, w = shape
+        labels = np.repeat(np.repeat(labels[:, : (h + 2) // 3, : (w + 2) // 3], 3, 1), 3, 2)
+        labels = labels[:, :h, :w]
+    return labels
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "parts", "blocky"),
+    [
+        ((2, 19, 23), 5, 4, True),
+        ((2, 19, 23), 5, 3, False),
+        ((3, 10, 13), 2, 3, True),
+        ((1, 12, 12), 8, 5, True),
+        ((2, 7, 9), 0, 2, False),
+        ((1, 1, 1), 3, 1, False),
+    ],
+)
+def test_local_entropy_in_parts_matches_brute_force(shape, radius, parts, blocky):
+    rng = np.random.default_rng(10 + radius)
+    grey = rng.integers(0, 256, shape, dtype=np.uint8)
+    grey[:, : shape[1] // 2] //= 64  # few levels in half the image: repeated counts
+    labels = _random_labels(rng, shape, parts, blocky)
+    expected = np.stack([brute_entropy_in_parts(g, lab, radius) for g, lab in zip(grey, labels)])
+    got = local_entropy_in_parts(grey, labels, parts, radius)
+    np.testing.assert_allclose(got, expected, atol=1e-9)
+    np.testing.assert_allclose(
+        local_entropy_in_parts(grey[0], labels[0], parts, radius), expected[0], atol=1e-9
+    )
+
+
+def test_local_entropy_in_parts_with_one_label_is_local_entropy():
+    rng = np.random.default_rng(11)
+    grey = rng.integers(0, 256, (3, 21, 17), dtype=np.uint8)
+    grey[:, 5:12] //= 50
+    labels = np.zeros(grey.shape, np.uint8)
+    np.testing.assert_array_equal(local_entropy_in_parts(grey, labels, 1, 4), local_entropy(grey, 4))
+    # Unused labels change nothing either.
+    np.testing.assert_array_equal(local_entropy_in_parts(grey, labels, 6, 4), local_entropy(grey, 4))
+
+
+def test_local_entropy_in_parts_chunking(monkeypatch):
+    import linkstyle.measures as measures
+
+    rng = np.random.default_rng(12)
+    grey = rng.integers(0, 256, (5, 16, 18), dtype=np.uint8)
+    labels = _random_labels(rng, grey.shape, 4, True)
+    whole = local_entropy_in_parts(grey, labels, 4, 3)
+    monkeypatch.setattr(measures, "_ENTROPY_CHUNK_BYTES", 1)  # one image per chunk
+    np.testing.assert_array_equal(local_entropy_in_parts(grey, labels, 4, 3), whole)
+
+
+def test_local_entropy_in_parts_rejects_bad_input():
+    grey = np.zeros((2, 8, 8), np.uint8)
+    labels = np.zeros((2, 8, 8), np.uint8)
+    with pytest.raises(ValueError):
+        local_entropy_in_parts(grey, labels + 3, 3)
+    with pytest.raises(ValueError):
+        local_entropy_in_parts(grey, labels[:, :4], 3)
+    with pytest.raises(TypeError):
+        local_entropy_in_parts(grey, labels.astype(np.float32), 3)
+    with pytest.raises(TypeError):
+        local_entropy_in_parts(grey.astype(np.int16), labels, 3)
+
+
+def test_entropy_does_not_leak_between_parts():
+    """A flat part next to a noisy one has entropy exactly 0, however close the noise is."""
+    rng = np.random.default_rng(13)
+    image = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)  # noisy backdrop (part 0)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    cv2.ellipse(mask, (30, 20), (4, 9), 20, 0, 360, 1, -1)  # a small "ear", thinner than the disk
+    mask[40:44, 10:50] = 2  # a thin flat bar, also touching nothing but noise
+    image[mask == 1] = (200, 120, 40)
+    image[mask == 2] = (30, 60, 90)
+    out = measure_one(image, mask, 3)
+    for part in (1, 2):
+        for name in ("entropy_mean", "entropy_std", "entropy_min", "entropy_max"):
+            assert out[part, P[name]] == 0.0, (part, name)
+    # The whole-image filter did let the backdrop in.
+    whole = local_entropy(grey_uint8(image))
+    assert whole[mask == 1].mean() > 2.0
+    # The backdrop's own entropy ignores the flat parts: it matches the brute force.
+    expected = brute_entropy_in_parts(grey_uint8(image), mask, 5)
+    assert out[0, P["entropy_mean"]] == pytest.approx(expected[mask == 0].mean(), abs=1e-5)
+
+
+def test_entropy_statistics_match_brute_force():
+    rng = np.random.default_rng(14)
+    images = rng.integers(0, 256, (2, 20, 22, 3), dtype=np.uint8)
+    images[:, :, :8] //= 40
+    masks = _random_labels(rng, (2, 20, 22), 4, True).astype(np.uint8)
+    out = part_measures(images, masks, 5, entropy_radius=3).astype(np.float64)
+    for i in range(2):
+        ent = brute_entropy_in_parts(grey_uint8(images[i]), masks[i], 3)
+        for part in range(5):
+            values = ent[masks[i] == part]
+            if values.size == 0:
+                assert np.isnan(out[i, part, P["entropy_mean"]])
+                continue
+            for name, value in [
+                ("entropy_mean", values.mean()),
+                ("entropy_std", values.std()),
+                ("entropy_min", values.min()),
+                ("entropy_max", values.max()),
+            ]:
+                assert out[i, part, P[name]] == pytest.approx(value, abs=1e-5), (i, part, name)
+
+
+def test_entropy_depends_on_each_segmentation():
+    """part_measures_many computes the entropy per mask set, not once per image."""
+    rng = np.random.default_rng(15)
+    images = rng.integers(0, 256, (2, 24, 24, 3), dtype=np.uint8)
+    images[:, :, :12] = 100  # flat left half, noisy right half
+    halves = np.zeros((2, 24, 24), np.uint8)
+    halves[:, :, 12:] = 1
+    whole = np.zeros((2, 24, 24), np.uint8)
+    split, single = part_measures_many(images, [(halves, 2), (whole, 1)])
+    assert (split[:, 0, P["entropy_max"]] == 0).all()  # the flat half on its own
+    assert (single[:, 0, P["entropy_max"]] > 3).all()  # the whole image sees the noise
+    np.testing.assert_allclose(
+        single[:, 0, P["entropy_mean"]],
+        local_entropy(grey_uint8(images)).mean(axis=(1, 2)),
+        atol=1e-5,
+    )
 
 
 # ------------------------------------------------------------------- ellipses
@@ -331,10 +556,14 @@ def test_invariants(seed, n, h, w, parts, blocky):
     assert ((out[..., P["n_components"]] >= 1) == present).all()
     assert not np.isnan(out[present][:, : P["n_components"] + 1]).any()
     assert np.isnan(
-        out[~present][:, [i for i in range(len(STATIC_PROPERTIES)) if i not in (0, 6)]]
+        out[~present][:, [i for i in range(len(STATIC_PROPERTIES)) if i not in (0, P["n_components"])]]
     ).all()
     lum = out[..., P["luminance"]][present]
     assert ((lum >= 0) & (lum <= 1)).all()
+    lab_a, lab_b, chroma, hue = out[..., P["lab_a"] : P["hue"] + 1][present].T
+    assert (np.abs(lab_a) <= 128).all() and (np.abs(lab_b) <= 128).all()
+    np.testing.assert_allclose(chroma, np.hypot(lab_a, lab_b), rtol=1e-5, atol=1e-4)
+    assert ((hue >= 0) & (hue < 360)).all()
     ent = out[..., P["entropy_min"] : P["entropy_max"] + 1][present]
     assert (ent >= 0).all() and (ent <= math.log2(81) + 1e-5).all()
     ellipse = out[..., P["eccentricity"] :][present]

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 
 #: Per-unit fields of the index, in the order of the data file's columns.
-UNIT_FIELDS = ("unit", "analysed", "concept", "selective", "faithful", "faithfulness", "selectivity_index",
-               "top_part", "top_property", "top_delta_std", "motion_part", "motion", "sheet", "row")
+UNIT_FIELDS = ("unit", "analysed", "concept", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
+               "selectivity_index", "top_part", "top_property", "top_delta_std", "motion_part", "motion", "sheet", "row")
 NOT_ANALYSED = "not analysed"
 #: Bars per unit on its page: its largest changes of (part, property).
 BARS_PER_UNIT = 10
@@ -76,16 +76,16 @@ def classifier_atlas(name: str, units_in_model: int, units: pd.DataFrame | None,
     (sheet, row))."""
     table = pd.DataFrame({"unit": np.arange(units_in_model)})
     if units is not None and len(units):
-        keep = ["unit", "concept", "selective", "faithful", "faithfulness", "selectivity_index", "top_part",
-                "top_property", "top_delta_std", "motion_part", "motion"]
+        keep = ["unit", "concept", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
+                "selectivity_index", "top_part", "top_property", "top_delta_std", "motion_part", "motion"]
         table = table.merge(units[keep], on="unit", how="left")
         table["analysed"] = table["concept"].notna()
     else:
-        for col in ("concept", "top_part", "top_property", "motion_part"):
+        for col in ("concept", "concepts", "top_part", "top_property", "motion_part"):
             table[col] = None
-        for col in ("selective", "faithful"):
+        for col in ("selective", "faithful", "weak_sweep"):
             table[col] = False
-        for col in ("faithfulness", "selectivity_index", "top_delta_std", "motion"):
+        for col in ("faithfulness", "gain", "selectivity_index", "top_delta_std", "motion"):
             table[col] = np.nan
         table["analysed"] = False
     table["concept"] = table["concept"].where(table["analysed"], NOT_ANALYSED)
@@ -102,8 +102,9 @@ def classifier_atlas(name: str, units_in_model: int, units: pd.DataFrame | None,
         ranked = parts.assign(_abs=parts["delta_std"].abs()).sort_values(["unit", "_abs"], ascending=[True, False])
         for unit, rows in ranked.groupby("unit", sort=False):
             top = rows.head(BARS_PER_UNIT)
-            bars[str(int(unit))] = [[str(p), str(q), _clean(d), _clean(a)] for p, q, d, a in
-                                    zip(top["part"], top["property"], top["delta_std"], top["sign_agreement"])]
+            bars[str(int(unit))] = [[str(p), str(q), _clean(d), _clean(c), _clean(lo), _clean(hi)] for p, q, d, c, lo, hi in
+                                    zip(top["part"], top["property"], top["delta_std"], top["confidence"], top["ci_low"],
+                                        top["ci_high"])]
 
     drives: dict[str, list[list[Any]]] = {}
     if drivers is not None and len(drivers):
@@ -250,7 +251,7 @@ __SCRIPTS__
       for (const key in c) r[key] = c[key][i];
       r.drives = d.drives[String(r.unit)] || [];
       r.bars = d.bars[String(r.unit)] || [];
-      r.search = (name + " " + r.unit + " " + r.concept).toLowerCase();
+      r.search = (name + " " + r.unit + " " + r.concept + " " + (r.concepts || "")).toLowerCase();
       if (r.top_part) parts.add(r.top_part);
       if (r.top_property) props.add(r.top_property);
       rows.push(r);
@@ -314,14 +315,18 @@ __SCRIPTS__
       for (let s = 0; s < r.data.starts; s++) out.push("<div>" + strip(r, s, 1.5) + "</div>");
       out.push('<table class="facts">' +
         "<tr><td>faithful</td><td><span class=\\"badge " + (r.faithful ? "yes" : "no") + '">' + (r.faithful ? "yes" : "no") + "</span> (Spearman " + fmt(r.faithfulness, 2) + ")</td></tr>" +
+        "<tr><td>gain</td><td>" + fmt(r.gain, 2) + " (realised change of the unit / target change, median over start samples)" +
+          (r.weak_sweep ? ' <span class="badge no">weak sweep</span>' : "") + "</td></tr>" +
         "<tr><td>selectivity index</td><td>" + fmt(r.selectivity_index, 3) + (r.selective ? " (labelled)" : "") + "</td></tr>" +
         "<tr><td>motion</td><td>" + (r.motion_part ? esc(r.motion_part) + ", " + fmt(r.motion, 3) + " image widths" : "n/a") + "</td></tr></table>");
-      out.push("<h3>Largest changes (standard deviations of each property)</h3><div class=\\"bars\\">");
+      out.push("<h3>Explanation (ranked: part, property, direction)</h3>" + (r.concepts ? "<ol>" +
+        r.concepts.split("; ").map((c) => "<li>" + esc(c) + "</li>").join("") + "</ol>" : "<p>none: no change stands out</p>"));
+      out.push("<h3>Largest changes (in spreads of each property over reference images; 95% bootstrap interval, confidence)</h3><div class=\\"bars\\">");
       const top = Math.max(1e-9, ...r.bars.map((b) => Math.abs(b[2] || 0)));
       for (const b of r.bars) {
         const w = Math.abs(b[2] || 0) / top * 150, pos = (b[2] || 0) >= 0;
         out.push('<div class="bar-row"><span class="bar-label">' + esc(b[0] + "." + b[1]) + " " + fmt(b[2], 2) +
-          ' (sign agreement ' + fmt(b[3], 2) + ')</span><span class="bar-track"><span class="bar ' + (pos ? "pos" : "neg") +
+          ' [' + fmt(b[4], 2) + ', ' + fmt(b[5], 2) + '], confidence ' + fmt(b[3], 2) + '</span><span class="bar-track"><span class="bar ' + (pos ? "pos" : "neg") +
           '" style="left:' + (pos ? 160 : 160 - w) + "px;width:" + w + 'px"></span></span></div>');
       }
       out.push("</div>");

@@ -261,14 +261,15 @@ def analyse_units(config: str | Path, classifier: str, units: Iterable[int], *, 
     from .selectivity import summarise
     from .seeds import derive
     from .stages.context import Context
-    from .stages.selectivity import primary_mask_source, read_spread
+    from .stages.selectivity import factor_periods, primary_mask_source, read_spread
 
     blocks = [result(job) for job in jobs]
     primary = primary_mask_source(cfg)
     spread = read_spread(Context(cfg), classifier)  # the reference stage's: a unit's numbers match the workflow's
     summary = summarise(cfg.selectivity, cfg.tune.n_steps,
                         [(units, tune, meas[meas["masks"] == primary]) for units, tune, meas in blocks],
-                        spread[spread["masks"] == primary], derive(cfg.seed, "selectivity", classifier) % 2**63)
+                        spread[spread["masks"] == primary], derive(cfg.seed, "selectivity", classifier) % 2**63,
+                        factor_periods(cfg))
     table = summary.units
     table.attrs["features"] = summary.features
     table["sweeps"] = [str(Path(folder).resolve() / f"sweeps-{chunk[0]}.npz") for chunk in chunks for _ in chunk]

@@ -46,7 +46,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
                      "segmentation.labels", "segmentation.min_labelled"),
     "train_segmenter": ("seed", "generator", "classes", "measure.parts", "segmentation"),
     "measure": ("measure",),
-    "selectivity": ("selectivity",),
+    # The spreads that scale every unit's changes: the segmentation and measures, and how many images.
+    "reference": ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision"),
+    "selectivity": ("seed", "selectivity"),
     "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
     "actmax": ("actmax", "report.top_units", "selectivity"),
     "report": ("report",),
@@ -54,8 +56,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 }
 #: Format versions of stages whose artifacts changed shape: part of the stage's digest, so results
 #: made by an older linkstyle are rerun by Snakemake (and refused when read) instead of half-fitting.
-#: link 2: the link model holds the back map w -> r.
-STAGE_FORMATS: dict[str, int] = {"link": 2}
+#: link 2: the link model holds the back map w -> r. tune 2: sweeps along tune.direction, with each
+#: unit's R^2 from w; measure 2: entropy inside the part, CIELAB colour; selectivity 2: effects in
+#: reference spreads, ranked explanations with bootstrap confidence, gain.
+STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 2}
 
 
 class ConfigError(LinkstyleError, ValueError):
@@ -182,6 +186,38 @@ def _short(values: list[int], limit: int = 12) -> str:
     return str(values) if len(values) <= limit else f"[{', '.join(map(str, values[:limit]))}, ...]"
 
 
+def _planted_problems(cfg: dict[str, Any], i: int) -> list[str]:
+    """``base`` and ``units: planted`` of classifier entry ``i``: a planted classifier extends a demo one."""
+    clf = cfg["classifiers"][i]
+    kind, base = clf["kind"], clf["base"]
+    demos = [c["name"] for c in cfg["classifiers"] if c["kind"] == "demo"]
+    example = f"base: {demos[0]}" if demos else "base: resnet18, with {name: resnet18, kind: demo, arch: resnet18} in classifiers"
+    problems = []
+    if clf["units"] == "planted" and kind != "planted":
+        problems.append(f"classifiers[{i}].units: 'planted' selects the planted units of kind 'planted'; classifier "
+                        f"'{clf['name']}' has kind '{kind}': use 'all', a list of unit indices, or null (tune.units)")
+    if kind != "planted":
+        if base is not None:
+            problems.append(f"classifiers[{i}].base: only kind 'planted' extends a base classifier; remove it from "
+                            f"'{clf['name']}' (kind '{kind}')")
+        return problems
+    if cfg["generator"]["kind"] != "critters":
+        problems.append(f"classifiers[{i}]: kind 'planted' reads the critters world's colours and factors; it cannot "
+                        f"run with generator '{cfg['generator']['kind']}'")
+    if base is None:
+        problems.append(f"classifiers[{i}].base: required for kind 'planted': the name of a kind 'demo' classifier of "
+                        f"this config whose network the planted units extend, e.g. {example}")
+        return problems
+    entry = next((c for c in cfg["classifiers"] if c["name"] == base), None)
+    if entry is None:
+        problems.append(f"classifiers[{i}].base: '{base}' is not a classifier of this config (configured: "
+                        f"{', '.join(c['name'] for c in cfg['classifiers'])}); name a kind 'demo' classifier, e.g. {example}")
+    elif entry["kind"] != "demo":
+        problems.append(f"classifiers[{i}].base: '{base}' has kind '{entry['kind']}', but a planted classifier extends "
+                        f"a kind 'demo' classifier (trained by the workflow on the critters world), e.g. {example}")
+    return problems
+
+
 def _check_cross_keys(cfg: dict[str, Any]) -> None:
     problems = []
     gen = cfg["generator"]
@@ -215,6 +251,7 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
             problems.append(f"classifiers[{i}].weights: required for kind 'torchvision', e.g. IMAGENET1K_V1 or a state-dict path")
         if kind == "timm" and not clf["weights"] and not clf["allow_download"]:
             problems.append(f"classifiers[{i}].weights: required for kind 'timm' (a local .safetensors / .pth file)")
+        problems += _planted_problems(cfg, i)
     names = [c["name"] for c in cfg["classifiers"]]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -273,6 +310,10 @@ class ClassifierConfig:
     path: str | None = None
     num_units: int | None = None
     allow_download: bool = False
+    # Out of repr, which is the train rule's rerun param (common.smk classifier_spec): the units analysed
+    # never change a trained classifier, and older entries keep their param (classifiers.smk adds base).
+    base: str | None = field(default=None, repr=False)
+    units: str | tuple[int, ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -320,6 +361,7 @@ class TuneConfig:
     percentiles: tuple[float, float]
     units_per_shard: int
     batch_size: int
+    direction: str = "pattern"
 
 
 @dataclass(frozen=True)
@@ -345,8 +387,12 @@ class SegmentationConfig:
 class SelectivityConfig:
     faithful_min_spearman: float
     min_effect: float
-    min_sign_agreement: float
+    min_confidence: float
     min_selectivity: float
+    min_gain: float
+    bootstrap: int
+    max_concepts: int
+    reference_images: int
 
 
 @dataclass(frozen=True)
@@ -457,7 +503,8 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
         seed=cfg["seed"],
         generator=GeneratorConfig(**gen),
         classes=classes,
-        classifiers=tuple(ClassifierConfig(**c) for c in cfg["classifiers"]),
+        classifiers=tuple(ClassifierConfig(**{**c, "units": c["units"] if c["units"] is None or isinstance(c["units"], str)
+                                                else tuple(c["units"])}) for c in cfg["classifiers"]),
         train=TrainConfig(**cfg["train"]),
         sample=SampleConfig(**cfg["sample"]),
         select=SelectConfig(**cfg["select"]),

@@ -22,7 +22,7 @@ sharded. The explanation of a unit (docs/selectivity.md):
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -72,10 +72,12 @@ class Features:
     part: np.ndarray  # '' for factors
     prop: np.ndarray  # property or factor name
     scale: np.ndarray  # spread over the reference images
+    factor_periods: Mapping[str, float] = field(default_factory=dict)  # circular factors (e.g. hues) and their period
 
     @property
     def periods(self) -> np.ndarray:
-        return np.array([PERIODS.get(p, np.nan) if k == "measure" else np.nan for k, p in zip(self.kind, self.prop)])
+        table = {"measure": PERIODS, "factor": self.factor_periods}
+        return np.array([table[k].get(p, np.nan) for k, p in zip(self.kind, self.prop)], np.float64)
 
     @property
     def ranked(self) -> np.ndarray:
@@ -471,7 +473,7 @@ class Selectivity:
 
 
 def feature_space(parts: Sequence[str], properties: Sequence[str], factors: Sequence[str],
-                  spread_table: pd.DataFrame) -> Features:
+                  spread_table: pd.DataFrame, factor_periods: Mapping[str, float] | None = None) -> Features:
     """The measured (part, property) pairs, then the factors, each with its reference spread
     (``spread_table``: columns kind, part, property, spread, as the reference stage writes them)."""
     kind = np.array(["measure"] * (len(parts) * len(properties)) + ["factor"] * len(factors), dtype=object)
@@ -479,7 +481,7 @@ def feature_space(parts: Sequence[str], properties: Sequence[str], factors: Sequ
     prop = np.array(list(properties) * len(parts) + list(factors), dtype=object)
     lookup = {(k, p, q): s for k, p, q, s in spread_table[["kind", "part", "property", "spread"]].itertuples(index=False)}
     scale = np.array([lookup.get((k, p, q), np.nan) for k, p, q in zip(kind, part, prop)], np.float64)
-    return Features(kind, part, prop, scale)
+    return Features(kind, part, prop, scale, dict(factor_periods or {}))
 
 
 def block_of(units: Sequence[int], tune: pd.DataFrame, meas: pd.DataFrame, properties: Sequence[str],
@@ -504,7 +506,7 @@ def block_of(units: Sequence[int], tune: pd.DataFrame, meas: pd.DataFrame, prope
 
 
 def summarise(crit: SelectivityConfig, n_steps: int, blocks: Iterable[tuple[Sequence[int], pd.DataFrame, pd.DataFrame]],
-              spread_table: pd.DataFrame, seed: int) -> Selectivity:
+              spread_table: pd.DataFrame, seed: int, factor_periods: Mapping[str, float] | None = None) -> Selectivity:
     """Per-(unit, feature) effects, per-unit faithfulness, gain and explanations from blocks of
     (units, tune, measure) tables of one mask source, consumed one block at a time. Every number of
     a unit comes from its own sweeps and the reference spreads: blocks can be cut any way."""
@@ -522,7 +524,7 @@ def summarise(crit: SelectivityConfig, n_steps: int, blocks: Iterable[tuple[Sequ
                 iou_n[str(part)] = iou_n.get(str(part), 0) + int(row["count"])
         block, parts, factors = block_of(units, tune, meas, PROPERTIES, n_steps)
         if feats is None:
-            feats = feature_space(parts, PROPERTIES, factors, spread_table)
+            feats = feature_space(parts, PROPERTIES, factors, spread_table, factor_periods)
         results.append(analyse_block(block, feats, crit, seed))
     if feats is None:
         raise ValueError("summarise: no blocks of units given")
@@ -531,7 +533,8 @@ def summarise(crit: SelectivityConfig, n_steps: int, blocks: Iterable[tuple[Sequ
     return Selectivity(out.features, out.units, out.explanations, population(out.units, feats), swept_iou)
 
 
-def reference_spread(measures: pd.DataFrame, factors: pd.DataFrame | None, properties: Sequence[str]) -> pd.DataFrame:
+def reference_spread(measures: pd.DataFrame, factors: pd.DataFrame | None, properties: Sequence[str],
+                     factor_periods: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The spread of every (mask source, part, property) over the reference images (``measures``: one
     row per image, source and part, as the measure table without unit/start/step), and of every
     ground-truth factor (``factors``: one column per factor), in the reference stage's table format."""
@@ -547,5 +550,6 @@ def reference_spread(measures: pd.DataFrame, factors: pd.DataFrame | None, prope
             for col in factors.columns:
                 values = factors[col].to_numpy(np.float64)
                 rows.append({"masks": source, "kind": "factor", "part": "", "property": str(col),
-                             "spread": spread(values), "n": int(np.isfinite(values).sum())})
+                             "spread": spread(values, (factor_periods or {}).get(str(col))),
+                             "n": int(np.isfinite(values).sum())})
     return pd.DataFrame(rows, columns=["masks", "kind", "part", "property", "spread", "n"])

@@ -23,6 +23,8 @@ rule report:
         [PATHS.selectivity_features(c) for c in CLASSIFIERS],
         [PATHS.selectivity_population(c) for c in CLASSIFIERS],
         [PATHS.selectivity_recovery(c) for c in CLASSIFIERS],
+        [PATHS.selectivity_planted(c) for c in CLASSIFIERS],
+        [PATHS.selectivity_explanations(c) for c in CLASSIFIERS],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
         [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
         [PATHS.counterfactual_arrays(c) for c in CLASSIFIERS],

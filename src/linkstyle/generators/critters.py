@@ -21,6 +21,7 @@ from torch import nn
 from linkstyle.generators.base import GroundTruth
 
 __all__ = [
+    "CIRCULAR_FACTORS",
     "CLASS_NAMES",
     "FACTOR_CONCEPTS",
     "FACTOR_NAMES",
@@ -79,6 +80,8 @@ FACTOR_NAMES: tuple[str, ...] = tuple(FACTOR_RANGES)
 _SHAPE = ("area", "width", "height", "eccentricity")
 _FUR = ("body", "head", "ear", "leg", "tail")  # painted with the body colour
 _TEXTURE = ("entropy_mean", "entropy_std", "entropy_min", "entropy_max")
+_HUE = ("luminance", "lab_a", "lab_b", "hue")  # what turning a colour's hue changes
+_SATURATION = ("luminance", "chroma", "lab_a", "lab_b")  # ... and its saturation
 
 
 def _pairs(parts: Sequence[str], properties: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -104,17 +107,20 @@ FACTOR_CONCEPTS: dict[str, tuple[tuple[str, str], ...]] = {
     "tail_length": _pairs(["tail"], (*_SHAPE, "center_x", "center_y")),
     "tail_angle": _pairs(["tail"], ("angle", "center_x", "center_y", "width", "height")),
     "tail_width": _pairs(["tail"], _SHAPE),
-    "hue": _pairs(_FUR, ("luminance",)),
-    "saturation": _pairs(_FUR, ("luminance",)),
+    "hue": _pairs(_FUR, _HUE),
+    "saturation": _pairs(_FUR, _SATURATION),
     "luminance": _pairs(_FUR, ("luminance",)) + _pairs(["eye", "nose"], ("luminance",)),
     "stripe_contrast": _pairs(["body", "tail"], (*_TEXTURE, "luminance")),
     "stripe_frequency": _pairs(["body", "tail"], _TEXTURE),
     "stripe_angle": _pairs(["body", "tail"], _TEXTURE),
     "position_x": _pairs(["body", "head", "ear", "eye", "nose", "leg", "tail", "background"], ("center_x",)),
     "position_y": _pairs(["body", "head", "ear", "eye", "nose", "leg", "tail", "background"], ("center_y",)),
-    "background_hue": _pairs(["background"], ("luminance",)),
+    "background_hue": _pairs(["background"], _HUE),
     "background_luminance": _pairs(["background"], ("luminance", *_TEXTURE)),
 }
+
+#: Factors that are angles on a colour wheel: 0 and 1 are the same red, so a change is taken modulo 1.
+CIRCULAR_FACTORS: dict[str, float] = {"hue": 1.0, "background_hue": 1.0}
 
 CLASS_NAMES: tuple[str, ...] = (
     "fox",

@@ -20,6 +20,7 @@ from ..selectivity import reference_spread
 from .context import Context
 from .link import load_link, read_select
 from .measure import segment
+from .selectivity import factor_periods
 from .tune import to_uint8
 
 
@@ -71,7 +72,7 @@ def run_reference(ctx: Context, name: str) -> None:
         blocks.append(block)
     table = reference_spread(pd.concat(blocks, ignore_index=True),
                              pd.DataFrame(factors, columns=list(factor_names)) if factors is not None else None,
-                             STATIC_PROPERTIES)
+                             STATIC_PROPERTIES, factor_periods(ctx.cfg))
     path = ctx.paths.reference_spread(name)
     write_parquet(table, path, ctx.origin("reference", classifier=name))
     ctx.wrote(path)

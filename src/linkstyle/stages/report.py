@@ -21,10 +21,12 @@ from ..artifacts import (  # noqa: E402
     LINK_METRICS,
     SELECTIVITY_FEATURES,
     SELECTIVITY_POPULATION,
+    SELECTIVITY_PLANTED,
     SELECTIVITY_RECOVERY,
     SELECTIVITY_UNITS,
     TUNE_ARRAYS,
 )
+from ..config import Config  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
@@ -395,6 +397,32 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
+def sweep_summary(cfg: Config, units: pd.DataFrame) -> dict[str, Any]:
+    """How far the sweeps move their own units (gain = realised change / target change)."""
+    return {
+        "direction": cfg.tune.direction,
+        "median_gain": float(units["gain"].median()),
+        "weak_sweep_share": float(units["weak_sweep"].mean()),
+        "median_gain_faithful": float(units.loc[units["faithful"], "gain"].median()) if units["faithful"].any() else None,
+        "median_concepts": float(units["n_concepts"].median()),
+    }
+
+
+def planted_summary(planted: pd.DataFrame) -> dict[str, Any] | None:
+    """Classifier kind 'planted': the share of planted units whose label (and top-3 list) names what was planted."""
+    if planted.empty:
+        return None
+    out: dict[str, Any] = {}
+    for masks, rows in planted.groupby("masks", sort=False):
+        out[str(masks)] = {
+            "n_planted": int(len(rows)),
+            "label_accuracy": float(rows["hit"].mean()),
+            "top3_accuracy": float(((rows["hit_rank"] >= 1) & (rows["hit_rank"] <= 3)).mean()),
+            "by_unit": {r.name: {"label": r.label, "hit": bool(r.hit), "hit_rank": int(r.hit_rank)} for r in rows.itertuples()},
+        }
+    return out
+
+
 def require_inputs(ctx: Context) -> None:
     """Every artifact the report reads after the link metrics, checked before any figure is drawn: a
     missing one names the stage that makes it (and how to run it), and nothing is redrawn from half
@@ -405,6 +433,7 @@ def require_inputs(ctx: Context) -> None:
         sel, cf = ctx.origin("selectivity", classifier=c.name), ctx.origin("counterfactual", classifier=c.name)
         needed += [(paths.selectivity_units(c.name), sel), (paths.selectivity_features(c.name), sel),
                    (paths.selectivity_population(c.name), sel), (paths.selectivity_recovery(c.name), sel),
+                   (paths.selectivity_planted(c.name), sel),
                    (paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
                    (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
         am = ctx.origin("actmax", classifier=c.name)
@@ -428,6 +457,7 @@ def run_report(ctx: Context) -> None:
     summary_clf: dict[str, Any] = {}
     unit_rows: dict[str, list[dict[str, Any]]] = {}
     recoveries = []
+    planted_rows: dict[str, pd.DataFrame] = {}
     all_units: dict[str, pd.DataFrame] = {}
     all_populations: dict[str, pd.DataFrame] = {}
     for clf in cfg.classifiers:
@@ -437,6 +467,9 @@ def run_report(ctx: Context) -> None:
         features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
         population = read_parquet(paths.selectivity_population(name), origin=made, schema=SELECTIVITY_POPULATION)
         recovery = read_parquet(paths.selectivity_recovery(name), origin=made, schema=SELECTIVITY_RECOVERY)
+        planted = read_parquet(paths.selectivity_planted(name), origin=made, schema=SELECTIVITY_PLANTED)
+        if len(planted):
+            planted_rows[name] = planted
         top = top_units(units, cfg.report.top_units)
         images = sweep_images(ctx, name, top["unit"].tolist())
         resolution = next(iter(images.values())).shape[-2]
@@ -497,9 +530,13 @@ def run_report(ctx: Context) -> None:
             "selective_faithful_units": int(total["n_selective_faithful"]),
             "concept_recovery": {
                 row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
-                                                         "chance_part_agreement", "chance_concept_agreement", "swept_iou")}
+                                                         "top3_concept_agreement", "chance_part_agreement",
+                                                         "chance_concept_agreement", "swept_iou",
+                                                         "label_agreement_with_truth")}
                 for row in recovery[recovery["part"] == "all"].itertuples()
             },
+            "sweeps": sweep_summary(cfg, units),
+            "planted": planted_summary(planted),
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
             "counterfactual": counterfactual_summary(cf_metrics, cf_drivers),
             "actmax": actmax_summary(am_table, paths.root / "benchmarks", name, int(units["unit"].nunique())),
@@ -508,6 +545,8 @@ def run_report(ctx: Context) -> None:
             {
                 "unit": int(r.unit),
                 "concept": r.concept,
+                "explanation": r.concepts or "none",
+                "gain": float(r.gain),
                 "largest change": f"{r.top_part}.{r.top_property}",
                 "change (sd)": float(r.top_delta_std),
                 "sign agreement": float(r.top_agreement),

@@ -27,7 +27,7 @@ from ..seeds import derive
 from ..units import unit_shards
 from .context import Context
 
-__all__ = ["run_selectivity", "analyse", "primary_mask_source", "factor_concepts", "read_spread", "top_units",
+__all__ = ["run_selectivity", "analyse", "primary_mask_source", "factor_concepts", "read_spread", "top_units", "factor_periods",
            "MASK_SOURCES"]
 
 #: Mask sources a measure table may hold: the configured one, and the generator's exact masks
@@ -78,7 +78,7 @@ def analyse(ctx: Context, name: str, source: str) -> Selectivity:
         raise artifact_error(ctx.paths.reference_spread(name), f"holds no spreads on '{source}' masks (it has "
                              f"{sorted(set(spread['masks']))}; measure.segmenter changed since?)", ctx.origin("reference", classifier=name))
     return summarise(cfg.selectivity, cfg.tune.n_steps, _read_shards(ctx, name, source), mine,
-                     derive(cfg.seed, "selectivity", name) % 2**63)
+                     derive(cfg.seed, "selectivity", name) % 2**63, factor_periods(cfg))
 
 
 def read_spread(ctx: Context, name: str) -> pd.DataFrame:
@@ -108,6 +108,15 @@ def factor_concepts(cfg: Config) -> Mapping[str, tuple[tuple[str, str], ...]] | 
     from ..generators.critters import FACTOR_CONCEPTS
 
     return FACTOR_CONCEPTS
+
+
+def factor_periods(cfg: Config) -> Mapping[str, float]:
+    """Ground-truth factors that are circular (hues), with their period; none without ground truth."""
+    if cfg.generator.kind != "critters":
+        return {}
+    from ..generators.critters import CIRCULAR_FACTORS
+
+    return CIRCULAR_FACTORS
 
 
 def _read_shards(ctx: Context, name: str, source: str) -> Iterator[tuple[list[int], pd.DataFrame, pd.DataFrame]]:
