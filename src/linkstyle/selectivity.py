@@ -41,6 +41,8 @@ UNRANKED = frozenset({"n_components", *MOTION_PROPERTIES})
 #: Circular properties and their period: angles are axial (mod 180 degrees), hues mod 360.
 PERIODS: dict[str, float] = {"angle": 180.0, "hue": 360.0}
 FACTOR_PREFIX = "factor__"
+#: Relative spread below which a property counts as constant over the reference images.
+NEGLIGIBLE = 1e-6
 NO_CONCEPT = "none"
 
 
@@ -58,10 +60,14 @@ def spread(values: np.ndarray, period: float | None = None) -> float:
     if len(x) < 2:
         return float("nan")
     if period is None:
-        return float(x.std())
+        sd = float(x.std())
+        # A property that does not vary over the data (the entropy of parts that are always flat) has no
+        # scale to measure a change in: NaN, not a division by rounding noise.
+        return sd if sd > NEGLIGIBLE * max(1.0, float(np.abs(x).max())) else float("nan")
     theta = x * (2 * np.pi / period)
     r = np.hypot(np.cos(theta).mean(), np.sin(theta).mean())
-    return float(np.sqrt(-2.0 * np.log(max(r, 1e-12))) * period / (2 * np.pi))
+    sd = float(np.sqrt(-2.0 * np.log(min(max(r, 1e-12), 1.0))) * period / (2 * np.pi))
+    return sd if sd > NEGLIGIBLE * period else float("nan")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,10 @@ from .config import DEMO_UNITS, ClassifierConfig, Config, ConfigError
 
 
 #: Kinds whose weights the workflow trains itself (a train rule exists for them).
-TRAINED_BY_WORKFLOW = frozenset({"demo"})
+TRAINED_BY_WORKFLOW = frozenset({"demo", "planted"})
+#: Units a planted classifier appends to its base's penultimate layer
+#: (= len(classifiers.planted.PLANTED_UNITS), which imports torch; checked there).
+PLANTED_UNIT_COUNT = 16
 
 def _torchvision_units(cfg: Config, clf: ClassifierConfig) -> int:
     from .classifiers.torchvision_kind import torchvision_unit_count
@@ -45,8 +48,13 @@ def _torchscript_units(cfg: Config, clf: ClassifierConfig) -> int:
         ) from None
 
 
+def _planted_units(cfg: Config, clf: ClassifierConfig) -> int:
+    return unit_count(cfg, str(clf.base)) + PLANTED_UNIT_COUNT
+
+
 UNIT_COUNTERS: dict[str, Callable[[Config, ClassifierConfig], int]] = {
     "demo": lambda cfg, clf: DEMO_UNITS[clf.arch],
+    "planted": _planted_units,
     "torchvision": _torchvision_units,
     "timm": _timm_units,
     "torchscript": _torchscript_units,
@@ -63,17 +71,38 @@ def unit_count(cfg: Config, name: str) -> int:
     return counter(cfg, clf)
 
 
-def analysed_units(cfg: Config, name: str) -> list[int]:
-    """The unit indices the config asks for, checked against the classifier's unit count."""
+def planted_units(cfg: Config, name: str) -> list[int]:
+    """The indices of a planted classifier's planted units: the last PLANTED_UNIT_COUNT of its layer."""
+    clf = cfg.classifier(name)
+    if clf.kind != "planted":
+        raise ConfigError(f"classifier '{name}' has kind '{clf.kind}': only kind 'planted' has planted units")
     count = unit_count(cfg, name)
-    if cfg.tune.units == "all":
+    return list(range(count - PLANTED_UNIT_COUNT, count))
+
+
+def analysed_units(cfg: Config, name: str) -> list[int]:
+    """The unit indices the config asks for, checked against the classifier's unit count.
+
+    The classifier's own ``units`` key decides when set; unset, ``tune.units`` does, except for
+    kind planted, whose default is its planted units."""
+    clf = cfg.classifier(name)
+    count = unit_count(cfg, name)
+    if clf.units is not None:
+        choice, key = clf.units, f"classifiers[{cfg.classifiers.index(clf)}].units"
+    elif clf.kind == "planted":
+        choice, key = "planted", ""
+    else:
+        choice, key = cfg.tune.units, "tune.units"
+    if choice == "all":
         return list(range(count))
-    bad = [u for u in cfg.tune.units if u >= count]
+    if choice == "planted":
+        return planted_units(cfg, name)
+    bad = [u for u in choice if u >= count]
     if bad:
         raise ConfigError(
-            f"tune.units: {bad} out of range for classifier '{name}', which has {count} units (valid 0..{count - 1})"
+            f"{key}: {bad} out of range for classifier '{name}', which has {count} units (valid 0..{count - 1})"
         )
-    return sorted(cfg.tune.units)
+    return sorted(choice)
 
 
 def unit_shards(cfg: Config, name: str) -> list[list[int]]:

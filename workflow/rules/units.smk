@@ -71,8 +71,8 @@ rule reference:
 
 
 def planted_spec(wildcards):
-    """A planted classifier's record of what it planted (classifier kind 'planted')."""
-    return [PATHS.planted_spec(wildcards.clf)] if CFG.classifier(wildcards.clf).kind == "planted" else []
+    """A planted classifier's record of what it planted (kind 'planted'): written with its weights, by the same job."""
+    return [PATHS.classifier_weights(wildcards.clf)] if CFG.classifier(wildcards.clf).kind == "planted" else []
 
 
 rule selectivity:

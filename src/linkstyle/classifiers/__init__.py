@@ -22,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from . import wrapper
 
         return getattr(wrapper, name)
+    if name == "load_planted_spec":
+        from .planted import load_planted_spec
+
+        return load_planted_spec
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -35,6 +39,22 @@ def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Clas
 
     made = origin(cfg, "train", classifier=clf.name)
     return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device, made)
+
+
+def _load_planted(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    """A planted classifier from its own weights file alone (it holds the base network too)."""
+    from ..artifacts import origin
+    from ..io import artifact_error
+    from ..units import unit_count
+    from .planted import load_planted
+
+    made = origin(cfg, "train", classifier=clf.name)
+    path = classifier_dir(cfg, clf.name) / "weights.pt"
+    planted = load_planted(path, clf.name, device, made, base=clf.base)
+    if planted.num_units != unit_count(cfg, clf.name):
+        raise artifact_error(path, f"has {planted.num_units} units, but base '{clf.base}' ({cfg.classifier(str(clf.base)).arch}) "
+                                   f"makes {unit_count(cfg, clf.name)}: planted into another base network", made)
+    return planted
 
 
 def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
@@ -60,6 +80,7 @@ CLASSIFIER_KINDS: dict[str, Callable[[Config, ClassifierConfig, torch.device], C
     "torchvision": _load_torchvision,
     "timm": _load_timm,
     "torchscript": _load_torchscript,
+    "planted": _load_planted,
 }
 
 
@@ -97,4 +118,5 @@ __all__ = [
     "classifier_dir",
     "last_linear",
     "load_classifier",
+    "load_planted_spec",
 ]

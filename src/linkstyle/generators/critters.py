@@ -94,7 +94,9 @@ def _pairs(parts: Sequence[str], properties: Sequence[str]) -> tuple[tuple[str, 
 FACTOR_CONCEPTS: dict[str, tuple[tuple[str, str], ...]] = {
     "body_length": _pairs(["body"], _SHAPE),
     "body_height": _pairs(["body"], _SHAPE),
-    "pose": _pairs(["body"], ("angle",)) + _pairs(["head", "tail"], ("center_y", "angle")),
+    # A rotation about the body's centre: the head end (head, ears, eye, nose) rises as the tail end sinks.
+    "pose": _pairs(["body"], ("angle",)) + _pairs(["head", "tail"], ("center_y", "angle"))
+    + _pairs(["ear", "eye", "nose"], ("center_y",)) + _pairs(["ear"], ("angle",)),
     "head_size": _pairs(["head"], _SHAPE),
     "head_angle": _pairs(["head"], ("center_x", "center_y", "angle")),
     "ear_size": _pairs(["ear"], _SHAPE),
