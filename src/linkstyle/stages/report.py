@@ -39,9 +39,11 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 
 
 def unit_caption(info: Any) -> str:
-    """A unit's label for figures: its concept, else its largest change; unfaithful units are flagged."""
+    """A unit's label for figures: its concept, else its largest change; unfaithful units and sweeps that
+    barely move their unit (gain below selectivity.min_gain) are flagged."""
     text = info["concept"] if info["selective"] else f"{info['top_part']}.{info['top_property']} (no label)"
-    return text if info["faithful"] else f"{text} [unfaithful]"
+    text = text if info["faithful"] else f"{text} [unfaithful]"
+    return f"{text} [weak sweep, gain {info['gain']:.2f}]" if info.get("weak_sweep", False) else text
 
 
 def _save(fig: plt.Figure, path: Path) -> bytes:
@@ -91,7 +93,7 @@ def figure_sweeps(ctx: Context, images: dict[int, np.ndarray], name: str, top: p
                 if row == 0:
                     ax.set_title(f"start {s}\nstep {step}", fontsize=7)
             axes[row, 0].set_ylabel(
-                f"unit {int(info['unit'])}\n{unit_caption(info)}\n{info['top_delta_std']:+.2f} sd", fontsize=7
+                f"unit {int(info['unit'])}\n{unit_caption(info)}\neffect {info['top_delta_std']:+.2f}", fontsize=7
             )
     fig.suptitle(f"{name}: most selective units, low -> high activation", fontsize=9)
     return _save(fig, path)
@@ -158,7 +160,7 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
         ax.axvline(0, color="k", lw=0.5)
         ax.set_title(f"unit {unit}: {unit_caption(info)}", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("change, sd of the property", fontsize=7)
+        ax.set_xlabel("effect: change in spreads over reference images", fontsize=7)
     for ax in list(axes.flat)[len(units):]:
         ax.axis("off")
     fig.suptitle(f"{name}: per-unit change of each part property (first -> last step)", fontsize=9)
@@ -485,7 +487,7 @@ def run_report(ctx: Context) -> None:
                      "the unit's activation on that image and the top of its sweep (the largest one seen on real "
                      "samples with tune.bounds: minmax).",
                      figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))))
-        figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in standard deviations of the property.",
+        figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in spreads of the property over the reference images (effect sizes).",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
         figs.append((f"{name}: population", "Faithfulness of all sweeps, the selectivity index, and the share of units whose "
                      "concept label names each part and property.",
@@ -548,7 +550,7 @@ def run_report(ctx: Context) -> None:
                 "explanation": r.concepts or "none",
                 "gain": float(r.gain),
                 "largest change": f"{r.top_part}.{r.top_property}",
-                "change (sd)": float(r.top_delta_std),
+                "effect": float(r.top_delta_std),
                 "sign agreement": float(r.top_agreement),
                 "selectivity index": float(r.selectivity_index),
                 "top factor": getattr(r, "top_factor", "n/a"),
