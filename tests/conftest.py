@@ -40,6 +40,10 @@ def repo() -> Path:
 TINY = {
     "run": "tiny",
     "generator": {"num_classes": 3, "resolution": 32},
+    # As config/config.yaml (which Snakemake lays under this file), so library calls load the same config.
+    "classifiers": [{"name": "resnet18", "kind": "demo", "arch": "resnet18"},
+                    {"name": "regnet", "kind": "demo", "arch": "regnet_x_400mf"},
+                    {"name": "planted", "kind": "planted", "base": "resnet18"}],
     "train": {"steps": 80, "batch_size": 32, "eval_samples": 300, "min_accuracy": 0.6},
     "sample": {"per_class": 60, "per_shard": 60},
     "select": {"starts_per_class": 2},

@@ -42,16 +42,21 @@ def test_dry_run_rejects_a_bad_config_before_any_job(tmp_path):
 def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
     _, _, paths = tiny_run
     summary = json.loads(paths.summary.read_text())
-    assert set(summary["classifiers"]) == {"resnet18", "regnet"}
+    assert set(summary["classifiers"]) == {"resnet18", "regnet", "planted"}
     for name, s in summary["classifiers"].items():
         assert s["heldout_accuracy"] >= 0.6, (name, s)
-        assert s["units_analysed"] == 16
-        assert s["units_in_model"] == {"resnet18": 512, "regnet": 400}[name]
+        assert s["units_analysed"] == 16  # tune.units for the demo ones; the 16 planted units for planted
+        assert s["units_in_model"] == {"resnet18": 512, "regnet": 400, "planted": 528}[name]
+        assert s["sweeps"]["direction"] == "pattern" and np.isfinite(s["sweeps"]["median_gain"])
         assert s["link_r2_test"] > 0.2, (name, s)
         assert s["cycle_agreement_test"] > 0.6, (name, s)
         assert 0 <= s["faithful_units"] <= 16 and 0 <= s["selective_units"] <= 16
         assert s["selective_share"] == pytest.approx(s["selective_units"] / 16)
         assert set(s["concept_recovery"]) == {"segmenter", "truth"}  # the learned segmenter, validated on the truth
+        assert (s["planted"] is None) == (name != "planted")
+    planted = summary["classifiers"]["planted"]["planted"]
+    assert set(planted) == {"segmenter", "truth"}
+    assert planted["truth"]["n_planted"] == 16 and 0 <= planted["truth"]["label_accuracy"] <= 1
     for stage in ("train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity",
                   "label_export", "label_import", "train_segmenter"):
         assert summary["timing"][stage]["seconds"] > 0
@@ -79,9 +84,14 @@ def test_tiny_workflow_trains_the_segmenter_from_exported_label_maps(tiny_run):
 @pytest.mark.slow
 def test_tiny_workflow_analyses_every_unit_with_every_measure(tiny_run):
     _, _, paths = tiny_run
-    for name in ("resnet18", "regnet"):
+    for name in ("resnet18", "regnet", "planted"):
         units = pd.read_parquet(paths.selectivity_units(name))
-        assert sorted(units["unit"]) == list(range(16))
+        assert sorted(units["unit"]) == (list(range(512, 528)) if name == "planted" else list(range(16)))
+        explained = pd.read_parquet(paths.selectivity_explanations(name))
+        first = explained[explained["rank"] == 1].set_index("unit")["concept"]
+        assert (units.set_index("unit")["concept"][units.set_index("unit")["selective"]] == first.reindex(
+            units.loc[units["selective"], "unit"])).all()  # the label is the explanation's first item
+        assert units["gain"].notna().any() and units["weak_sweep"].dtype == bool
         assert units["faithfulness"].dropna().between(-1, 1).all()
         assert set(units["concept"][units["selective"]].str.count(":")) <= {2}
         assert (units["concept"][~units["selective"]] == "none").all()
@@ -226,10 +236,11 @@ def _shards(paths: RunPaths, kind: str, name: str, keys: list[str]) -> pd.DataFr
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("units_per_shard, n_shards", [(16, 1), (2, 8)])
-def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path, units_per_shard, n_shards):
-    """Re-tune the tiny run's 16 units (3 shards of 6) in 1 and in 8 shards, from the same link,
-    through the library calls: every sweep, measure and selectivity number is bitwise the same."""
+@pytest.mark.parametrize("units, units_per_shard, n_shards", [(None, 16, 1), (None, 2, 8), ([5], 64, 1)])
+def test_results_do_not_depend_on_the_shard_size_or_the_other_units(tiny_run, tmp_path, units, units_per_shard, n_shards):
+    """Re-tune the tiny run's 16 units (3 shards of 6) in 1 and in 8 shards, and unit 5 alone, from the same
+    link, through the library calls: every sweep, measure and selectivity number of a unit is bitwise the
+    same, its ranked explanation included."""
     import torch
 
     from linkstyle.stages.context import Context
@@ -240,11 +251,12 @@ def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path, units_per_s
     from linkstyle.units import unit_shards
 
     _, _, paths = tiny_run
-    raw = dict(TINY, results_dir=str(tmp_path), tune=dict(TINY["tune"], units_per_shard=units_per_shard))
+    tune = dict(TINY["tune"], units_per_shard=units_per_shard, **({"units": units} if units else {}))
+    raw = dict(TINY, results_dir=str(tmp_path), tune=tune)
     cfg = load_config(None, raw)
     assert len(unit_shards(cfg, "resnet18")) == n_shards
     other = RunPaths(cfg.run_dir)
-    for sub in ("classifiers", "extract", "link", "segmenter"):
+    for sub in ("classifiers", "extract", "link", "segmenter", "reference"):
         shutil.copytree(paths.root / sub, other.root / sub)
     threads = torch.get_num_threads()
     ctx = Context(cfg, threads=1)  # as the workflow's tune jobs (threads: 1)
@@ -257,11 +269,17 @@ def test_results_do_not_depend_on_the_shard_size(tiny_run, tmp_path, units_per_s
     finally:
         torch.set_num_threads(threads)
     keys = ["unit", "start", "step"]
-    pd.testing.assert_frame_equal(_shards(paths, "tune", "resnet18", keys), _shards(other, "tune", "resnet18", keys), check_exact=True)
-    pd.testing.assert_frame_equal(_shards(paths, "measure", "resnet18", keys + ["part"]),
+
+    def mine(frame: pd.DataFrame) -> pd.DataFrame:
+        return (frame[frame["unit"].isin(units)] if units else frame).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(mine(_shards(paths, "tune", "resnet18", keys)), _shards(other, "tune", "resnet18", keys),
+                                  check_exact=True)
+    pd.testing.assert_frame_equal(mine(_shards(paths, "measure", "resnet18", keys + ["part"])),
                                   _shards(other, "measure", "resnet18", keys + ["part"]), check_exact=True)
-    for table in (RunPaths.selectivity_features, RunPaths.selectivity_units):
-        pd.testing.assert_frame_equal(pd.read_parquet(table(paths, "resnet18")), pd.read_parquet(table(other, "resnet18")), check_exact=True)
+    for table in (RunPaths.selectivity_features, RunPaths.selectivity_units, RunPaths.selectivity_explanations):
+        pd.testing.assert_frame_equal(mine(pd.read_parquet(table(paths, "resnet18"))), pd.read_parquet(table(other, "resnet18")),
+                                      check_exact=True)
 
 
 @pytest.mark.slow
