@@ -52,12 +52,15 @@ def synthetic_atlas(out: Path, classifiers: int = 4, units: int = 2048, thumb: i
             "selective": selective, "faithful": rng.random(units) < 0.7, "faithfulness": rng.uniform(-1, 1, units),
             "selectivity_index": rng.random(units), "top_part": part, "top_property": prop,
             "top_delta_std": rng.normal(0, 2, units), "motion_part": rng.choice(PARTS, units), "motion": rng.random(units) / 10,
+            "gain": rng.uniform(0, 1, units), "weak_sweep": rng.random(units) < 0.2,
         })
+        table["concepts"] = np.where(selective, table["concept"] + "; body:area:-", "")
         feats = pd.DataFrame({
             "unit": np.repeat(ids, 10), "kind": "measure", "part": rng.choice(PARTS, units * 10),
             "property": rng.choice(PROPERTIES, units * 10), "delta_std": rng.normal(0, 1.5, units * 10),
-            "sign_agreement": rng.random(units * 10),
+            "sign_agreement": rng.random(units * 10), "confidence": rng.random(units * 10),
         })
+        feats["ci_low"], feats["ci_high"] = feats["delta_std"] - 0.5, feats["delta_std"] + 0.5
         drivers = pd.DataFrame({"origin": 0, "target": 1, "rank": np.arange(1, 11), "unit": rng.choice(ids, 10, replace=False),
                                 "count": 5, "fraction": 0.5, "mean_shift": 0.1})
         n_sheets = -(-units // SHARD)

@@ -24,6 +24,7 @@ def _units(ids):
         "faithful": [True] * n, "faithfulness": np.linspace(0, 1, n), "selectivity_index": np.linspace(1, 0, n),
         "top_part": ["head"] * n, "top_property": ["area"] * n, "top_delta_std": np.linspace(3, -3, n),
         "motion_part": ["tail"] * n, "motion": np.full(n, 0.1),
+        "concepts": ["head:area:+; tail:angle:-"] + [""] * (n - 1), "gain": np.full(n, 0.4), "weak_sweep": [False] * n,
     })
 
 
@@ -31,8 +32,10 @@ def _features(ids):
     rows = []
     for u in ids:
         for part, prop, d in (("head", "area", 3.0 - u), ("tail", "angle", -2.0), ("body", "n_components", 9.0), ("leg", "luminance", np.nan)):
-            rows.append({"unit": u, "kind": "measure", "part": part, "property": prop, "delta_std": d, "sign_agreement": 1.0})
-        rows.append({"unit": u, "kind": "factor", "part": "", "property": "tail_length", "delta_std": 50.0, "sign_agreement": 1.0})
+            rows.append({"unit": u, "kind": "measure", "part": part, "property": prop, "delta_std": d, "sign_agreement": 1.0,
+                         "confidence": 0.9, "ci_low": d - 1.0, "ci_high": d + 1.0})
+        rows.append({"unit": u, "kind": "factor", "part": "", "property": "tail_length", "delta_std": 50.0, "sign_agreement": 1.0,
+                     "confidence": 1.0, "ci_low": 49.0, "ci_high": 51.0})
     return pd.DataFrame(rows)
 
 
@@ -143,7 +146,7 @@ def test_the_atlas_of_the_tiny_run_in_a_real_browser(tiny_run, driver):
     driver.get((paths.atlas / "index.html").as_uri())
     _ready(driver)
     count = driver.find_element(By.ID, "count").text
-    assert count == f"{512 + 400} of {512 + 400} units", count  # every unit of both models, analysed (16 each) or not
+    assert count == f"{512 + 400 + 528} of {512 + 400 + 528} units", count  # every unit of the three models, analysed (16 each) or not
     rows = driver.find_elements(By.CSS_SELECTOR, "#units tbody tr")
     assert len(rows) == 100
     # search for one unit of one classifier

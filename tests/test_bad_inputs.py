@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -27,7 +28,9 @@ from linkstyle.artifacts import origin
 from linkstyle.cli import main
 from linkstyle.config import deep_merge, load_config
 from linkstyle.io import write_npz, write_parquet
+from linkstyle.measures import STATIC_PROPERTIES
 from linkstyle.paths import RunPaths
+from linkstyle.selectivity import reference_spread
 
 from .stylegan_standin import write_standin_repo
 
@@ -91,6 +94,7 @@ def make_tune_shard(tmp: Path, extra: dict[str, Any] | None = None, **changes: A
         "unit": unit, "start": start, "start_seed": np.full(N_IMAGES, 7, dtype=np.int64), "cls": np.zeros(N_IMAGES, dtype=np.int64),
         "step": step, "target": step.astype(np.float32), "realised": (step * 0.5).astype(np.float32),
         "pred": np.zeros(N_IMAGES, dtype=np.int64), "prob_cls": np.full(N_IMAGES, 0.9, dtype=np.float32),
+        "unit_r2": np.full(N_IMAGES, 0.5, dtype=np.float32),
         "factor__size": rng.random(N_IMAGES).astype(np.float32),
     })
     write_parquet(table, paths.tune_table("resnet18", 0), made)
@@ -98,17 +102,33 @@ def make_tune_shard(tmp: Path, extra: dict[str, Any] | None = None, **changes: A
 
 
 def make_measured(tmp: Path) -> Path:
-    """A tune shard and its measure table: what selectivity reads."""
-    cfg = make_tune_shard(tmp)
-    run_ok("measure", "--classifier", "resnet18", "--shard", "0", "--config", str(cfg), "-q")
-    return cfg
+    """A tune shard, its measure table and the reference spreads: what selectivity reads (the spreads
+    are taken over the shard's own measures, standing in for the reference stage's images)."""
+    cfg_file = make_tune_shard(tmp)
+    run_ok("measure", "--classifier", "resnet18", "--shard", "0", "--config", str(cfg_file), "-q")
+    cfg = load_config(cfg_file)
+    paths = RunPaths(cfg.run_dir)
+    measured = pd.read_parquet(paths.measure_table("resnet18", 0))
+    spreads = reference_spread(measured, None, STATIC_PROPERTIES)
+    write_parquet(spreads, paths.reference_spread("resnet18"), origin(cfg, "reference", classifier="resnet18"))
+    return cfg_file
+
+
+def _data_byte(path: Path, size: int) -> int:
+    """A byte of stored values: in a Parquet file the last byte of the first column's pages (page
+    headers hold statistics that no reader trusts, and their checksum covers only the page data;
+    `test_no_flipped_byte_is_read_as_valid_data` covers every region)."""
+    if path.suffix != ".parquet":
+        return size // 5
+    chunk = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    return (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size - 1
 
 
 def damage(path: Path, how: str) -> None:
     """'garbage': other content; 'truncate': the first half; 'flip': one byte inverted, as a bad disk does."""
     data = bytearray(path.read_bytes())
     if how == "flip":
-        data[len(data) // 5] ^= 0xFF
+        data[_data_byte(path, len(data))] ^= 0xFF
     path.write_bytes(b"this is not what it should be\n" * 4 if how == "garbage" else data[: len(data) // 2] if how == "truncate" else data)
 
 

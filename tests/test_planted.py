@@ -208,11 +208,14 @@ def test_probes_are_linear_in_the_base_units_and_the_head_ignores_planted_units(
 
 
 def test_planted_units_are_standardised_on_the_fitting_images(planted, gen32):
+    """Over the fitting images exactly (their factors decorrelated within class, block by block)."""
+    from linkstyle.classifiers.planted import _render_decorrelated
+    from linkstyle.seeds import derive
+
     clf, fit = planted
-    seeds = np.arange(256) + fit.first_seed
-    classes = torch.as_tensor(seeds % gen32.num_classes)
     with torch.no_grad():
-        images = gen32.synthesize(gen32.mapping(gen32.sample_z(seeds.tolist()), classes))
+        images = torch.cat([_render_decorrelated(gen32, np.arange(start, start + 128) + fit.first_seed, 1.0, CPU,
+                                                 derive(0, "planted-decorrelate", start))[0] for start in (0, 128)])
         units = clf.features(images)[:, BASE_UNITS:]
     np.testing.assert_allclose(units.mean(0).numpy(), 0.0, atol=1e-3)
     np.testing.assert_allclose(units.std(0, unbiased=False).numpy(), 1.0, atol=1e-3)

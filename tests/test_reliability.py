@@ -30,7 +30,7 @@ from linkstyle.paths import RunPaths
 from .compare import assert_same_artifacts, assert_same_file
 from .conftest import REPO, TINY, run_env, run_snakemake, snakemake_cmd
 
-TUNE_JOBS = 6  # 2 classifiers x 3 unit shards
+TUNE_JOBS = 9  # 3 classifiers x 3 unit shards
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -78,11 +78,12 @@ def test_two_runs_of_one_config_give_identical_artifacts(tiny_run, tmp_path):
     paths = RunPaths(work / "results" / "tiny")
     for sub in ("samples", "extract", "select", "link"):
         shutil.rmtree(paths.root / sub)
-    targets = [str(f(name).relative_to(work)) for name in ("resnet18", "regnet") for f in (paths.link_model, paths.link_metrics)]
+    targets = [str(f(name).relative_to(work)) for name in ("resnet18", "regnet", "planted")
+               for f in (paths.link_model, paths.link_metrics)]
     proc = run_snakemake(*targets, "--directory", str(work), "--configfile", str(work / "tiny.yaml"), "--cores", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     n = assert_same_artifacts(tiny.root, paths.root, ["classifiers", "samples", "extract", "select", "link"])
-    assert n == 4 + 3 + 6 + 4 + 4
+    assert n == 7 + 3 + 6 + 6 + 6  # classifiers (the planted one with its spec), samples, extract, select, link
 
 
 def test_training_twice_gives_identical_weights(tmp_path):
@@ -110,7 +111,7 @@ def test_training_twice_gives_identical_weights(tmp_path):
 @pytest.mark.slow
 def test_a_run_killed_during_tune_resumes_to_the_artifacts_of_an_uninterrupted_run(tiny_run, tmp_path):
     """From the tiny run with tune and everything after it gone, run the workflow and SIGKILL Snakemake's
-    whole process group as soon as the first of the 6 tune shards is written (others in flight or
+    whole process group as soon as the first of the 9 tune shards is written (others in flight or
     pending); resume as a user would: --unlock, then --rerun-incomplete."""
     shared, _, tiny = tiny_run
     work = tmp_path / "copy"
@@ -147,7 +148,7 @@ def test_a_run_killed_during_tune_resumes_to_the_artifacts_of_an_uninterrupted_r
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
 
     n = assert_same_artifacts(tiny.root, paths.root, ["tune", "measure", "selectivity"])
-    assert n == 2 * TUNE_JOBS + TUNE_JOBS + 2 * 4  # tune table + arrays, measure table, 4 selectivity tables
+    assert n == 2 * TUNE_JOBS + TUNE_JOBS + 3 * 6  # tune table + arrays, measure table, 6 selectivity tables each
     assert_same_file(tiny.summary, paths.summary)
     assert not temp_files(paths.root)  # the killed jobs' temporary files were cleared when their shards were rewritten
 
@@ -206,7 +207,7 @@ def test_a_writer_killed_mid_write_leaves_only_a_temporary_file_that_is_never_ta
 
 
 def _planned(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    rules = {"train_classifier", "sample", "extract", "select", "link", "tune", "measure", "selectivity", "report"}
+    rules = {"train_classifier", "sample", "extract", "select", "link", "tune", "measure", "reference", "selectivity", "report"}
     jobs = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         parts = line.split()
@@ -222,8 +223,8 @@ def test_a_config_change_reruns_only_the_stages_that_read_it(tiny_run, tmp_path)
     shutil.copytree(shared, work, symlinks=True)  # keeps mtimes and Snakemake's metadata
     for change, expected in [
         ({"report": {"top_units": 3}}, {"report": 1}),
-        ({"measure": {"entropy_radius": 3}}, {"measure": 6, "selectivity": 2, "report": 1}),
-        ({"link": {"cycle_samples": 30}}, {"link": 2, "tune": 6, "measure": 6, "selectivity": 2, "report": 1}),
+        ({"measure": {"entropy_radius": 3}}, {"measure": 9, "reference": 3, "selectivity": 3, "report": 1}),
+        ({"link": {"cycle_samples": 30}}, {"link": 3, "tune": 9, "measure": 9, "reference": 3, "selectivity": 3, "report": 1}),
     ]:
         cfg = work / "changed.yaml"
         cfg.write_text(yaml.safe_dump(deep_merge(TINY, change)))

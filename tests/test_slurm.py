@@ -104,14 +104,15 @@ def slurm_run(cluster, tiny_run, tmp_path_factory):
     """The tiny workflow through profiles/slurm: stopped with SIGINT while it tunes, started again,
     one tune job's stage killed on the way (and retried); what each step saw.
 
-    To keep CI short it starts from the classifiers that the shared local run trained (with
-    Snakemake's records of them); every later stage runs on SLURM, from rendering on.
+    To keep CI short it starts from the shared local run's classifiers, samples, features and links
+    (with Snakemake's records of them); the unit analysis runs on SLURM: the reference spreads, every
+    tune shard (a GPU rule), measure, selectivity, actmax, the atlas and the report.
     """
     local_work, _, local = tiny_run
     work = tmp_path_factory.mktemp("slurm-run")
     shutil.copytree(local_work, work, symlinks=True, dirs_exist_ok=True)  # keeps mtimes and .snakemake records
     paths = RunPaths(work / "results" / "tiny")
-    for stage in ("samples", "extract", "select", "link", "tune", "measure", "selectivity"):
+    for stage in ("reference", "tune", "measure", "selectivity"):
         shutil.rmtree(paths.root / stage)
     for path in (paths.report, paths.summary):
         path.unlink()
@@ -123,7 +124,8 @@ def slurm_run(cluster, tiny_run, tmp_path_factory):
     # Interrupt once every tune job is submitted and one runs. Snakemake (9.27, plugin 2.8.0) can still
     # submit a job whose submission was under way when Ctrl-C came, and never cancels it (docs/hpc.md);
     # that race is not what this test is about.
-    tune_jobs = 2 * len(unit_shards(load_config(None, TINY), "resnet18"))
+    cfg = load_config(None, TINY)
+    tune_jobs = sum(len(unit_shards(cfg, c.name)) for c in cfg.classifiers)
 
     def all_tune_submitted_and_one_running():
         submitted = first_log.read_text().count("slurm_logs/rule_tune/") if first_log.exists() else 0
@@ -191,7 +193,7 @@ def test_a_killed_job_is_retried_and_the_run_completes(slurm_run):
 
 def test_slurm_results_equal_the_local_run(slurm_run, tiny_run):
     _, _, local = tiny_run
-    stages = ["samples", "extract", "select", "link", "tune", "measure", "selectivity"]
+    stages = ["reference", "tune", "measure", "selectivity"]
     assert assert_same_artifacts(local.root, slurm_run["paths"].root, stages) > 30
     assert_same_file(local.summary, slurm_run["paths"].summary)
 

@@ -44,15 +44,31 @@ def test_the_pattern_of_a_probe_names_its_factor_where_the_link_row_does_not():
     assert cos(d_row[0], axis) < 0.9  # a decoder weight: shared with the units it is made of
 
 
-def test_directed_changes_the_units_prediction_from_w_by_exactly_one():
+def test_directed_is_the_least_norm_change_of_w_that_moves_the_units_readout_by_one():
     r, w, classes = _world()
     link = fit_ridge_cv(r, w, [0.1, 1.0, 10.0])[0]
     d, r2 = sweep_directions("directed", link, r, w, classes, [0, 1, 2])
     stats = WithinClass.of(r[:, :3], w, classes)
-    b = np.linalg.solve(stats.cov_w, stats.cov_wr)  # within-class regression of each unit on w
-    np.testing.assert_allclose((b * d.T).sum(0), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(d, stats.pattern() / r2[:, None], rtol=1e-9)
+    b = np.linalg.solve(stats.cov_w, stats.cov_wr).T  # within-class regression of each unit on w
+    np.testing.assert_allclose((b * d).sum(1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(d, b / (b**2).sum(1, keepdims=True), rtol=1e-6)  # parallel to b: least norm
     assert (r2 > 0.8).all()
+
+
+def test_directed_leaves_a_factor_that_only_goes_with_the_unit_alone_where_the_pattern_moves_it():
+    """Within class w[1] is correlated with w[0] (rho 0.6); the unit reads w[0] only. The pattern
+    (what goes with the unit in the data) moves w[1] too; the directed sweep does not."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    classes = rng.integers(0, 2, n)
+    w0 = rng.normal(size=n)
+    w = np.stack([w0, 0.6 * w0 + 0.8 * rng.normal(size=n), rng.normal(size=n)], 1) + 2.0 * classes[:, None]
+    r = (w[:, 0] + 0.2 * rng.normal(size=n))[:, None]
+    link = fit_ols(r, w)
+    pattern, _ = sweep_directions("pattern", link, r, w, classes, [0])
+    directed, _ = sweep_directions("directed", link, r, w, classes, [0])
+    assert abs(pattern[0, 1]) > 0.5 * abs(pattern[0, 0])
+    assert abs(directed[0, 1]) < 0.05 * abs(directed[0, 0]) and abs(directed[0, 0] - 1.0) < 0.05
 
 
 def test_link_row_sweeps_are_the_papers_link_of_r_with_one_unit_set():

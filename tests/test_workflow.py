@@ -24,8 +24,9 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     proc = run_snakemake("--directory", str(tmp_path), "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    for rule, count in {"train_classifier": 2, "sample": 5, "extract": 5, "select": 2, "link": 2, "tune": 15, "measure": 15,
-                        "selectivity": 2, "counterfactual": 2, "report": 1, "atlas": 1}.items():
+    # two demo classifiers and the planted one (16 units in one tune shard)
+    for rule, count in {"train_classifier": 3, "sample": 5, "extract": 5, "select": 3, "link": 3, "tune": 16, "measure": 16,
+                        "reference": 3, "selectivity": 3, "counterfactual": 3, "actmax": 3, "report": 1, "atlas": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
 
@@ -149,7 +150,7 @@ def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_repor
     from linkstyle.artifacts import figure_files
 
     names = [name for name, *_ in figure_files(load_config(cfg_file))]
-    assert "concept-recovery" in names and "actmax-regnet" in names and len(names) == 15
+    assert "concept-recovery" in names and "actmax-regnet" in names and len(names) == 21  # 6 per classifier and 3
     for name in names:
         assert paths.figure(name).read_bytes()[:4] == b"\x89PNG"
         assert paths.figure(name, ".pdf").read_bytes()[:4] == b"%PDF"

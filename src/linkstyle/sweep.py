@@ -17,11 +17,11 @@ shows (``tune.direction``; docs/selectivity.md):
   it is the pattern of the link itself, since the link's residual is uncorrelated with ``r``).
   Both moments are taken *within class* (each class's mean removed), so that the differences
   between species that happen to go with the unit do not leak into its sweep.
-- ``directed``: the smallest change of ``w`` (in the within-class Mahalanobis metric of ``w``)
-  that changes the linear prediction of ``r_u`` from ``w`` by one unit:
-  ``Sigma_w b_u / (b_u' Sigma_w b_u)`` with ``b_u`` the within-class regression of ``r_u`` on ``w``.
-  It is the pattern divided by that regression's ``R^2_u``: the same direction, with a length
-  that asks the rendering for the whole target change instead of its expected share ``R^2_u``.
+- ``directed``: the smallest (Euclidean) change of ``w`` that changes the within-class linear
+  regression of ``r_u`` on ``w`` (the unit's read-out of ``w``, ``b_u = Sigma_w^-1 Cov(w, r_u)``)
+  by one unit: ``b_u / |b_u|^2``. It moves ``w`` only along what the unit reads, so factors that
+  merely go with the unit in the data (correlated within class) stay put; it is the attribute
+  normal of InterFaceGAN (Shen et al., 2020, CVPR), taken within class.
 
 All three are functions of the unit alone and of the linked samples, never of which other units
 are analysed, so a unit's sweep is the same in any shard.
@@ -40,9 +40,6 @@ from .runtime import autocast, run_batched
 
 Direction = Literal["link_row", "pattern", "directed"]
 DIRECTIONS: tuple[str, ...] = ("link_row", "pattern", "directed")
-#: ``directed`` divides the pattern by R^2_u; below this floor a unit is too weakly carried by ``w``
-#: for its whole range to be asked of the rendering, and its direction is the pattern / MIN_R2.
-MIN_R2 = 0.05
 
 
 @dataclass(frozen=True)
@@ -72,14 +69,24 @@ class WithinClass:
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(var[:, None] > 0, self.cov_wr.T / var[:, None], 0.0)
 
-    def r2(self) -> np.ndarray:
-        """[units]: share of Var(r_u) explained by a linear function of w (within class)."""
+    def readout(self) -> np.ndarray:
+        """[units, w_dim]: ``b_u``, the least-squares regression of r_u on w (within class)."""
         # Solve instead of invert; a tiny ridge keeps a rank-deficient w (e.g. constant dims) solvable.
         eye = np.eye(len(self.cov_w)) * (1e-9 * max(np.trace(self.cov_w), 1e-12) / len(self.cov_w))
-        b = np.linalg.solve(self.cov_w + eye, self.cov_wr)  # [w_dim, units]
-        explained = (self.cov_wr * b).sum(0)
+        return np.linalg.solve(self.cov_w + eye, self.cov_wr).T
+
+    def r2(self) -> np.ndarray:
+        """[units]: share of Var(r_u) explained by a linear function of w (within class)."""
+        explained = (self.cov_wr.T * self.readout()).sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(self.var_r > 0, np.clip(explained / self.var_r, 0.0, 1.0), 0.0)
+
+    def directed(self) -> np.ndarray:
+        """[units, w_dim]: ``b_u / |b_u|^2``, the least-norm change of w that moves b_u' w by one."""
+        b = self.readout()
+        norm2 = (b**2).sum(1, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(norm2 > 0, b / norm2, 0.0)
 
 
 def sweep_directions(mode: str, link: LinearLink, r: np.ndarray, w: np.ndarray, classes: np.ndarray,
@@ -95,10 +102,7 @@ def sweep_directions(mode: str, link: LinearLink, r: np.ndarray, w: np.ndarray, 
     r2 = stats.r2()
     if mode == "link_row":
         return np.asarray(link.coef, np.float64)[idx], r2
-    pattern = stats.pattern()
-    if mode == "pattern":
-        return pattern, r2
-    return pattern / np.maximum(r2, MIN_R2)[:, None], r2
+    return (stats.pattern() if mode == "pattern" else stats.directed()), r2
 
 
 def sweep_values(low: np.ndarray, high: np.ndarray, n_steps: int) -> np.ndarray:
@@ -173,10 +177,10 @@ def render_sweeps(plan: SweepPlan, generator, classifier, device: torch.device, 
         w = plan.latents(sl).to(device, non_blocking=True)
         with autocast(device, precision):
             img, truth = generator.render(w)
-            feats, logits = classifier.features_and_logits(img)
+            feats, _ = classifier.features_and_logits(img)
         rows = torch.arange(len(w), device=device)
         own = unit_ids[torch.from_numpy(plan.unit_index[sl])].to(device)
-        probs = logits.float().softmax(1)
+        probs = classifier.head_float64(feats).softmax(1)  # independent of the batch's make-up
         on_batch(Rendered(sl, img, w, feats[rows, own].float().cpu().numpy(), probs.argmax(1).cpu().numpy(),
                           probs, truth))
 

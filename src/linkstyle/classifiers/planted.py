@@ -16,7 +16,11 @@ last Linear). Every planted unit is computed from the [-1, 1] image alone, in to
   the statistics are means over one or the other.
 * *factor probes* are ridge regressions from ``r_base`` to one ground-truth factor of the
   critters world, fitted on training-range images that the base never saw: each is an exact
-  linear combination of the base's units.
+  linear combination of the base's units. They are fitted *within class* (each class's mean of
+  features and factor removed) on images whose factors are *decorrelated* (each factor's logits
+  shuffled among the images of one class): fitted on the world as it is, a probe of tail length
+  learns to read the species (whose tails differ) and the factors that go with tail length within
+  a species (stripe frequency, hue), and its sweep shows those instead of the tail.
 
 Each unit is standardised over the fitting images, and carries its expected meaning in the
 measure vocabulary ((part, property, sign) triples, :data:`PLANTED_UNITS`): the explanation
@@ -384,6 +388,31 @@ def _render(generator: Generator, seeds: np.ndarray, psi: float, device: torch.d
     return images, classes, truth
 
 
+def _render_decorrelated(generator: Generator, seeds: np.ndarray, psi: float, device: torch.device, seed: int):
+    """As :func:`_render`, with each factor's logits shuffled among the images of each class (one
+    permutation per factor and class, from ``seed``): every factor keeps its distribution within a
+    class, and no factor carries information about another one any more."""
+    classes = torch.as_tensor(seeds % generator.num_classes, dtype=torch.long, device=device)
+    z = generator.sample_z(seeds.tolist()).to(device)
+    logits = generator.w_to_logits(generator.mapping(z, classes, truncation_psi=psi))
+    rng = np.random.default_rng(seed)
+    shuffled = logits.clone()
+    for c in torch.unique(classes).tolist():
+        rows = torch.nonzero(classes == c)[:, 0]
+        for j in range(logits.shape[1]):
+            shuffled[rows, j] = logits[rows[torch.from_numpy(rng.permutation(len(rows))).to(device)], j]
+    images, truth = generator.render(generator.logits_to_w(shuffled))
+    return images, classes, truth
+
+
+def _within_class(x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``x`` with each class's mean removed."""
+    out = x.copy()
+    for c in np.unique(classes):
+        out[classes == c] -= x[classes == c].mean(0)
+    return out
+
+
 def _factor_index(generator: Generator) -> list[int]:
     names = list(getattr(generator, "factor_names", ()))
     missing = [f for f in PROBE_FACTORS if f not in names]
@@ -405,26 +434,34 @@ def fit_planted(
     name: str | None = None,
 ) -> tuple[Classifier, PlantedFit]:
     """Plant units into ``base``: fit probes (ridge, penalty by cross-validation) and the standardisation
-    on ``fit_images`` images of seeds ``first_seed..``, drawn as demo training draws (all classes pooled)."""
+    on ``fit_images`` images of seeds ``first_seed..``, drawn as demo training draws (all classes pooled)
+    with their factors decorrelated within class; the probes are fitted within class."""
     if fit_images < 2 * PROBE_CV_FOLDS:
         raise ValueError(f"fitting planted units needs at least {2 * PROBE_CV_FOLDS} images, got {fit_images}")
     index = _factor_index(generator)
     clf = plant(base, name)
     net = _planted_net(clf)
-    feats, stats, factors = [], [], []
+    if not hasattr(generator, "w_to_logits"):
+        raise ValueError("planted probes need a generator with factor logits (the critters world)")
+    feats, stats, factors, labels = [], [], [], []
     bar = progress(fit_images, f"plant units in {base.name}")
     with torch.inference_mode():  # (the network itself is made outside: it must stay differentiable)
         for sl in batches(fit_images, batch_size):
             seeds = first_seed + np.arange(sl.start, sl.stop, dtype=np.int64)
-            images, _, truth = _render(generator, seeds, truncation_psi, device)
+            images, classes, truth = _render_decorrelated(generator, seeds, truncation_psi, device,
+                                                          derive(seed, "planted-decorrelate", sl.start))
             x = clf.preprocess(images)
+            labels.append(classes.cpu().numpy())
             feats.append(net.base_features(x).double().cpu().numpy())
             stats.append(image_statistics(x).double().cpu().numpy())
             factors.append(truth.factors[:, index].double().cpu().numpy())
             bar.update(sl.stop - sl.start)
     bar.close()
     r_base, raw_stats, y = np.concatenate(feats), np.concatenate(stats), np.concatenate(factors)
-    coef, intercept, best, scores = ridge_per_target(r_base, y, PROBE_ALPHAS, PROBE_CV_FOLDS, derive(seed, "planted"))
+    classes = np.concatenate(labels)
+    coef, _, best, scores = ridge_per_target(_within_class(r_base, classes), _within_class(y, classes),
+                                             PROBE_ALPHAS, PROBE_CV_FOLDS, derive(seed, "planted"))
+    intercept = y.mean(0) - r_base.mean(0) @ coef
     alphas = {f: float(a) for f, a in zip(PROBE_FACTORS, best)}
     cv = {f: float(v) for f, v in zip(PROBE_FACTORS, scores)}
     raw_probes = r_base @ coef + intercept
@@ -459,12 +496,13 @@ def check_planted(
     net = _planted_net(clf)
     ns, b = len(STATISTIC_UNITS), net.base_units
     mean, std = np.asarray(fit.unit_mean[ns:]), np.asarray(fit.unit_std[ns:])
-    preds, truths = [], []
+    preds, truths, labels = [], [], []
     inter = union = inter_hard = union_hard = 0.0
     agree, max_diff = 0, 0.0
     for sl in batches(n, batch_size):
         seeds = EVAL_SEED_BASE + np.arange(sl.start, sl.stop, dtype=np.int64)
-        images, _, truth = _render(generator, seeds, psi, device)
+        images, classes, truth = _render(generator, seeds, psi, device)
+        labels.append(classes.cpu().numpy())
         r, logits = clf.features_and_logits(images)
         base_logits = base(images)
         agree += int((logits.argmax(1) == base_logits.argmax(1)).sum())
@@ -478,9 +516,13 @@ def check_planted(
         hard = (fg > 0.5).double()
         inter_hard += float((hard * exact).sum())
         union_hard += float(((hard + exact) > 0).double().sum())
-    pred, true = np.concatenate(preds), np.concatenate(truths)
+    pred, true, classes = np.concatenate(preds), np.concatenate(truths), np.concatenate(labels)
+    pred_wc, true_wc = _within_class(pred, classes), _within_class(true, classes)
     return {
         "probe_r2": {f: r2_score(true[:, [j]], pred[:, [j]]) for j, f in enumerate(PROBE_FACTORS)},
+        # what a sweep (within class) sees: the probe's slope is fitted within class, its offsets are not
+        "probe_r2_within_class": {f: float(np.corrcoef(true_wc[:, j], pred_wc[:, j])[0, 1] ** 2)
+                                  for j, f in enumerate(PROBE_FACTORS)},
         "foreground_iou": inter / max(union, _EPS),
         "foreground_iou_thresholded": inter_hard / max(union_hard, _EPS),
         "base_agreement": agree / n,

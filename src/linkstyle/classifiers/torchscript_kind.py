@@ -150,6 +150,11 @@ class ScriptedClassifier(nn.Module):
     def head(self, r: torch.Tensor) -> torch.Tensor:
         return self.module.head(r)
 
+    def head_float64(self, r: torch.Tensor) -> torch.Tensor:
+        """The scripted head as it is (it need not be linear, nor accept float64): unlike the
+        wrapped networks' heads, its result may vary in the last bits with the batch's size."""
+        return self.module.head(r).float()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features_and_logits(images)[1]
 

@@ -90,3 +90,10 @@ class Classifier(nn.Module):
 
     def head(self, r: torch.Tensor) -> torch.Tensor:
         return self.fc(r)
+
+    def head_float64(self, r: torch.Tensor) -> torch.Tensor:
+        """The logits of features ``r`` computed in float64 (returned as float32): a float32 matrix
+        product rounds differently with the batch's size (its blocking changes), so a sweep image's
+        class probability would depend on which other images shared its batch; in float64 the
+        differences stay far below float32's resolution."""
+        return F.linear(r.double(), self.fc.weight.double(), None if self.fc.bias is None else self.fc.bias.double()).float()

@@ -107,6 +107,7 @@ def run_plant(ctx: Context, name: str) -> None:
         "foreground_iou": check["foreground_iou"],
         "foreground_iou_thresholded": check["foreground_iou_thresholded"],
         "probe_r2": check["probe_r2"],
+        "probe_r2_within_class": check["probe_r2_within_class"],
         "probe_cv_r2": fit.probe_cv_r2,
         "probe_alpha": fit.probe_alpha,
         "fit_images": fit.fit_images,
