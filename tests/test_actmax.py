@@ -93,6 +93,7 @@ def test_actmax_stage_in_the_tiny_workflow(tiny_run, monkeypatch):
     from linkstyle.config import load_config
     from linkstyle.stages.actmax import read_actmax
     from linkstyle.stages.context import Context
+    from linkstyle.stages.report import sweep_images
     from linkstyle.stages.selectivity import top_units
 
     cfg = load_config(paths.config)
@@ -104,6 +105,15 @@ def test_actmax_stage_in_the_tiny_workflow(tiny_run, monkeypatch):
         assert arrays["images"].shape == (len(table), 32, 32, 3)
         assert (table["steps"] == cfg.actmax.steps).all() and (table["activation"] > 0).any()
         assert paths.figure(f"actmax-{c.name}").is_file() and paths.figure(f"actmax-{c.name}", ".pdf").is_file()
+        # the same units swept from the first start along every direction; tune.direction's row is the tune stage's
+        assert arrays["directions"].tolist() == ["link_row", "pattern", "directed"]
+        assert arrays["direction_images"].shape == (3, len(table), cfg.tune.n_steps, 32, 32, 3)
+        assert np.isfinite(arrays["direction_gain"]).all()
+        mine = arrays["direction_images"][arrays["directions"].tolist().index(cfg.tune.direction)]
+        tuned = sweep_images(ctx, c.name, table["unit"].tolist(), starts=1)
+        for i, unit in enumerate(table["unit"]):
+            np.testing.assert_array_equal(mine[i], tuned[int(unit)][0])
+        assert paths.figure(f"directions-{c.name}").is_file()
     summary = json.loads(paths.summary.read_text())
     for name, s in summary["classifiers"].items():
         assert s["actmax"]["units"] == cfg.report.top_units and s["actmax"]["steps"] == cfg.actmax.steps, name

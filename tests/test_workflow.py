@@ -150,7 +150,7 @@ def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_repor
     from linkstyle.artifacts import figure_files
 
     names = [name for name, *_ in figure_files(load_config(cfg_file))]
-    assert "concept-recovery" in names and "actmax-regnet" in names and len(names) == 21  # 6 per classifier and 3
+    assert "concept-recovery" in names and "directions-regnet" in names and len(names) == 24  # 7 per classifier and 3
     for name in names:
         assert paths.figure(name).read_bytes()[:4] == b"\x89PNG"
         assert paths.figure(name, ".pdf").read_bytes()[:4] == b"%PDF"

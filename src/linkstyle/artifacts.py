@@ -175,6 +175,10 @@ ACTMAX_ARRAYS: dict[str, Array] = {
     "images": Array("uint8", ("n", "height", "width", 3)),
     "activation": Array("f", _ROWS),
     "history": Array("f", ("n", None)),
+    # the same units swept from the first start sample along every sweep direction (sweep.DIRECTIONS)
+    "directions": Array("U", ("directions",)),
+    "direction_images": Array("uint8", ("directions", "n", "steps", "height", "width", 3)),
+    "direction_gain": Array("f", ("directions", "n")),
 }
 
 
@@ -188,6 +192,7 @@ FIGURE_KINDS = (
     ("population", True, "Population"),
     ("population-compare", False, "Population"),
     ("actmax", True, "Units"),
+    ("directions", True, "Units"),
     ("counterfactuals", True, "Counterfactuals"),
     ("counterfactual-pairs", True, "Counterfactuals"),
     ("concept-recovery", False, "Ground truth"),

@@ -50,7 +50,8 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "reference": ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision"),
     "selectivity": ("seed", "selectivity"),
     "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
-    "actmax": ("actmax", "report.top_units", "selectivity"),
+    # and the report's units swept from one start along every direction (tune's steps, bounds, batches)
+    "actmax": ("actmax", "report.top_units", "selectivity", "tune.n_steps", "tune.batch_size", "precision"),
     "report": ("report",),
     "atlas": ("tune",),
 }
@@ -58,8 +59,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 #: made by an older linkstyle are rerun by Snakemake (and refused when read) instead of half-fitting.
 #: link 2: the link model holds the back map w -> r. tune 2: sweeps along tune.direction, with each
 #: unit's R^2 from w; measure 2: entropy inside the part, CIELAB colour; selectivity 2: effects in
-#: reference spreads, ranked explanations with bootstrap confidence, gain.
-STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 2}
+#: reference spreads, ranked explanations with bootstrap confidence, gain. actmax 2: with the
+#: units' sweeps along every direction.
+STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 2, "actmax": 2}
 
 
 class ConfigError(LinkstyleError, ValueError):

@@ -24,10 +24,11 @@ rule counterfactual:
 
 
 rule actmax:
-    """Activation maximisation of the report's units: the baseline the linking sweeps are compared with (GPU-bound: back-propagates)."""
+    """Activation maximisation of the report's units: the baseline the linking sweeps are compared with (GPU-bound: back-propagates); and their sweeps along every direction."""
     input:
         PATHS.selectivity_units("{clf}"),
         PATHS.select_arrays("{clf}"),
+        PATHS.link_model("{clf}"),
     output:
         table=PATHS.actmax_table("{clf}"),
         arrays=PATHS.actmax_arrays("{clf}"),

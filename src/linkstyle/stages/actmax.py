@@ -1,5 +1,6 @@
 """Activation maximisation of the units the report shows (or a configured list): the baseline
-visualisation, drawn beside each unit's linking sweep (docs/actmax.md)."""
+visualisation, drawn beside each unit's linking sweep (docs/actmax.md); and the same units swept
+from one start along every sweep direction, drawn side by side (docs/selectivity.md)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from ..actmax import ActmaxSettings, maximise
 from ..artifacts import ACTMAX_ARRAYS, ACTMAX_TABLE, SELECTIVITY_UNITS
 from ..errors import LinkstyleError
 from ..io import read_npz, read_parquet, write_npz, write_parquet
+from ..sweep import DIRECTIONS, gain
 from .context import Context
 from .link import read_select
+from .tune import sweep_units
 from .selectivity import top_units
 
 log = logging.getLogger("linkstyle")
@@ -52,11 +55,28 @@ def run_actmax(ctx: Context, name: str) -> None:
     })
     made = ctx.origin("actmax", classifier=name)
     paths = ctx.paths
+    compared = direction_sweeps(ctx, name, [int(u) for u in result.units])
     write_npz(paths.actmax_arrays(name), made, unit=result.units, images=result.images,
-              activation=result.activation, history=result.history)
+              activation=result.activation, history=result.history, **compared)
     write_parquet(table, paths.actmax_table(name), made)
     ctx.wrote(paths.actmax_arrays(name), paths.actmax_table(name))
     log.info("actmax: %d units in %.1f s (%.2f s per unit)", len(units), result.seconds, result.seconds_per_unit)
+
+
+def direction_sweeps(ctx: Context, name: str, units: list[int]) -> dict[str, np.ndarray]:
+    """The units swept from the first start sample along every direction of :mod:`linkstyle.sweep`,
+    so that a reader sees what each direction shows of a unit, and how far each moves it (gain)."""
+    images, gains = [], []
+    for mode in DIRECTIONS:
+        table, arrays = sweep_units(ctx, name, units, label=f"sweep {name} along {mode}", max_starts=1, direction=mode)
+        order = np.lexsort((table["step"].to_numpy(), [units.index(int(u)) for u in table["unit"]]))
+        steps = ctx.cfg.tune.n_steps
+        images.append(arrays["images"][order].reshape(len(units), steps, *arrays["images"].shape[1:]))
+        target = table["target"].to_numpy(np.float64)[order].reshape(len(units), steps)
+        realised = table["realised"].to_numpy(np.float64)[order].reshape(len(units), steps)
+        gains.append(gain(target, realised))
+    return {"directions": np.array(DIRECTIONS), "direction_images": np.stack(images),
+            "direction_gain": np.stack(gains).astype(np.float32)}
 
 
 def read_actmax(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -126,6 +126,30 @@ def figure_actmax(ctx: Context, sweeps: dict[int, np.ndarray], table: pd.DataFra
     return _save(fig, path)
 
 
+def figure_directions(arrays: dict[str, np.ndarray], name: str, path: Path, max_units: int = 6) -> bytes:
+    """For each of the report's first units, one row of its sweep per direction, with the gain of each."""
+    images, gains = arrays["direction_images"], arrays["direction_gain"]
+    modes = [str(m) for m in arrays["directions"]]
+    n_units, k = min(max_units, images.shape[1]), images.shape[2]
+    rows = n_units * len(modes)
+    fig, axes = plt.subplots(rows, k, figsize=(1.1 * k, 1.05 * rows), squeeze=False)
+    for i in range(n_units):
+        for j, mode in enumerate(modes):
+            row = i * len(modes) + j
+            for step in range(k):
+                ax = axes[row, step]
+                ax.imshow(images[j, i, step])
+                ax.set_xticks([])
+                ax.set_yticks([])
+            g = gains[j, i]
+            label = f"unit {int(arrays['unit'][i])}\n{mode}" + (f"\ngain {g:.2f}" if np.isfinite(g) else "")
+            axes[row, 0].set_ylabel(label, fontsize=6)
+    for step in range(k):
+        axes[0, step].set_title(f"step {step}", fontsize=7)
+    fig.suptitle(f"{name}: one start, every sweep direction", fontsize=9)
+    return _save(fig, path)
+
+
 def actmax_summary(table: pd.DataFrame, bench_dir: Path, name: str, units_swept: int) -> dict[str, Any]:
     """How high activation maximisation drives its units, and (under ``timing``: it varies from run to run)
     its cost per unit beside linking's, both as job wall time per unit, start-up included."""
@@ -399,10 +423,16 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else str(v)
 
 
-def sweep_summary(cfg: Config, units: pd.DataFrame) -> dict[str, Any]:
-    """How far the sweeps move their own units (gain = realised change / target change)."""
+def sweep_summary(cfg: Config, units: pd.DataFrame, actmax_arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """How far the sweeps move their own units (gain = realised change / target change); with the
+    actmax stage's arrays, the median gain of the report's units along each direction (one start)."""
+    compared = None
+    if actmax_arrays is not None and "direction_gain" in actmax_arrays:
+        compared = {str(mode): (float(np.nanmedian(g)) if np.isfinite(g).any() else None)
+                    for mode, g in zip(actmax_arrays["directions"], actmax_arrays["direction_gain"])}
     return {
         "direction": cfg.tune.direction,
+        "report_units_median_gain_by_direction": compared,
         "median_gain": float(units["gain"].median()),
         "weak_sweep_share": float(units["weak_sweep"].mean()),
         "median_gain_faithful": float(units.loc[units["faithful"], "gain"].median()) if units["faithful"].any() else None,
@@ -487,6 +517,11 @@ def run_report(ctx: Context) -> None:
                      "the unit's activation on that image and the top of its sweep (the largest one seen on real "
                      "samples with tune.bounds: minmax).",
                      figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))))
+        figs.append((f"{name}: sweep directions", "Each block is one unit of the report swept from the same start "
+                     "sample along each sweep direction (tune.direction; one row each): the link's row (the paper's), "
+                     "the unit's within-class activation pattern, and the least change of w that moves the unit's "
+                     "read-out of w. The gain says how far each moved the unit (realised / target change).",
+                     figure_directions(am_arrays, name, paths.figure(f"directions-{name}"))))
         figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in spreads of the property over the reference images (effect sizes).",
                      figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
         figs.append((f"{name}: population", "Faithfulness of all sweeps, the selectivity index, and the share of units whose "
@@ -537,7 +572,7 @@ def run_report(ctx: Context) -> None:
                                                          "label_agreement_with_truth")}
                 for row in recovery[recovery["part"] == "all"].itertuples()
             },
-            "sweeps": sweep_summary(cfg, units),
+            "sweeps": sweep_summary(cfg, units, am_arrays),
             "planted": planted_summary(planted),
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
             "counterfactual": counterfactual_summary(cf_metrics, cf_drivers),

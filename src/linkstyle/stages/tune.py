@@ -57,20 +57,22 @@ def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, 
 
 
 def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune",
-                sink: NpzWriter | None = None, max_starts: int | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+                sink: NpzWriter | None = None, max_starts: int | None = None,
+                direction: str | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Sweep these units (any of the classifier's, in any grouping): the tune table and arrays of one shard.
 
     The sweeps themselves are :mod:`linkstyle.sweep`'s (direction ``tune.direction``); this reads their
     inputs and collects their outputs. With a ``sink``, the per-image arrays (images, w, masks) go to
     it batch by batch and are left out of the returned arrays. ``max_starts`` sweeps from the first
-    start samples only (one suffices to look at a unit; the tune stage uses all of them)."""
+    start samples only (one suffices to look at a unit; the tune stage uses all of them); ``direction``
+    overrides ``tune.direction`` (to compare the directions of one unit)."""
     cfg = ctx.cfg
     table, arrays = read_select(ctx, name)
     starts = table.index[table["start"]].to_numpy()[:max_starts]
     start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
     link = load_link(ctx, name, dims={"units": arrays["r"].shape[1], "w_dim": arrays["w"].shape[1]})
     train = (table["split"] == "train").to_numpy()
-    plan, r2 = plan_sweeps(cfg.tune.direction, link, (arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train]),
+    plan, r2 = plan_sweeps(direction or cfg.tune.direction, link, (arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train]),
                            arrays["r"][starts], unit_list, arrays["unit_low"], arrays["unit_high"], cfg.tune.n_steps)
     n = plan.n_images
     per_image: dict[str, np.ndarray] = {}  # without a sink: the per-image arrays, in memory
