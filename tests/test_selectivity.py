@@ -146,6 +146,17 @@ def test_the_explanation_ranks_what_stands_out_and_the_label_is_its_first_item()
     assert labels.loc[0, "top_factor"] == "pose"
 
 
+def test_the_backdrops_shape_never_explains_but_its_colour_does():
+    """The backdrop's area, centroid and ellipse are the complement of the parts in front of it."""
+    feats = Features(kind=np.array(["measure"] * 4, object),
+                     part=np.array(["background", "background", "background", "body"], object),
+                     prop=np.array(["area", "center_x", "luminance", "area"], object), scale=np.ones(4))
+    changes = np.tile(np.array([-9.0, 8.0, 2.0, 1.0]), (1, 8, 1))
+    eff = effects(changes, feats.scale, [0], CRIT, seed=0)
+    explained = explanations([0], eff, feats, CRIT)
+    assert list(explained["concept"]) == ["background:luminance:+", "body:area:+"]
+
+
 def test_nothing_stands_out_gives_none():
     rng = np.random.default_rng(0)
     small = np.tile(np.array([0.3, 0.0, 0.2, 0.0, 0.1, 0.0, 0.0]), (1, 8, 1))  # below min_effect

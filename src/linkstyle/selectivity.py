@@ -39,6 +39,11 @@ from .seeds import derive
 #: Reported, but never part of an explanation: counts are not magnitudes, and motion says that a part
 #: moved (centre and shape properties say how), while being zero at the first step by definition.
 UNRANKED = frozenset({"n_components", *MOTION_PROPERTIES})
+#: The backdrop's shape is the complement of the foreground parts' (its area, centroid and ellipse
+#: move only because a part in front of it moves), so it names no change of its own: it enters
+#: no explanation, while its colour, luminance and texture do.
+BACKDROP = "background"
+GEOMETRY = frozenset({"area", "eccentricity", "angle", "center_x", "center_y", "width", "height"})
 #: Circular properties and their period: angles are axial (mod 180 degrees), hues mod 360.
 PERIODS: dict[str, float] = {"angle": 180.0, "hue": 360.0}
 FACTOR_PREFIX = "factor__"
@@ -89,7 +94,8 @@ class Features:
     @property
     def ranked(self) -> np.ndarray:
         """Columns that may enter an explanation."""
-        return np.flatnonzero((self.kind == "measure") & ~np.isin(self.prop, list(UNRANKED)))
+        derived = (self.part == BACKDROP) & np.isin(self.prop, list(GEOMETRY))
+        return np.flatnonzero((self.kind == "measure") & ~np.isin(self.prop, list(UNRANKED)) & ~derived)
 
     @property
     def factors(self) -> np.ndarray:
