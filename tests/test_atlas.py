@@ -170,10 +170,20 @@ def test_the_atlas_of_the_tiny_run_in_a_real_browser(tiny_run, driver):
     driver.find_element(By.CSS_SELECTOR, "#units tbody tr.unit-row").click()
     assert driver.find_element(By.ID, "unit-view").is_displayed()
     assert driver.find_element(By.ID, "unit-title").text.startswith("resnet18, unit ")
-    widths = _image_widths(driver, "#unit-view img")
+    widths = _image_widths(driver, "#unit-body > div > .strip img")
     assert len(widths) == 2 and min(widths) > 0, widths  # one sweep per start sample, loaded
     assert driver.find_elements(By.CSS_SELECTOR, "#unit-view .bar")
     driver.save_screenshot(str(browser.artifacts_dir() / "atlas-tiny-unit.png"))
+    # a unit of the report: its sweeps along every direction, side by side, with their gains
+    import pandas as pd
+
+    shown = int(pd.read_parquet(paths.actmax_table("resnet18"))["unit"].iloc[0])
+    driver.get((paths.atlas / "index.html").as_uri() + f"#unit/resnet18/{shown}")
+    _ready(driver)
+    widths = _image_widths(driver, ".directions img")
+    assert len(widths) == 3 and min(widths) > 0, widths
+    text = driver.find_element(By.CSS_SELECTOR, ".directions").text
+    assert all(f"{mode}, gain " in text for mode in ("link_row", "pattern", "directed")), text
     # a unit that was not analysed says so instead of breaking
     driver.get((paths.atlas / "index.html").as_uri() + "#unit/regnet/399")
     _ready(driver)

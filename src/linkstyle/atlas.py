@@ -48,11 +48,18 @@ class ClassifierAtlas:
     bars: dict[str, list[list[Any]]]
     drives: dict[str, list[list[Any]]]
     sheets: list[str] = field(default_factory=list)
+    #: The report's units swept from one start along every direction (the actmax stage's): the
+    #: directions, their sprite sheet (one row per unit, the directions side by side) and, per unit,
+    #: its row there and the gain of each direction.
+    directions: list[str] = field(default_factory=list)
+    direction_sheet: str | None = None
+    direction_rows: dict[str, list[Any]] = field(default_factory=dict)
 
     def payload(self) -> dict[str, Any]:
         return {"name": self.name, "units_in_model": self.units_in_model, "steps": self.steps, "starts": self.starts,
                 "thumb": self.thumb, "sheets": self.sheets, "columns": self.columns, "bars": self.bars,
-                "drives": self.drives}
+                "drives": self.drives, "directions": self.directions, "direction_sheet": self.direction_sheet,
+                "direction_rows": self.direction_rows}
 
 
 def _clean(value: Any) -> Any:
@@ -313,6 +320,17 @@ __SCRIPTS__
     } else {
       out.push("<h3>Sweeps (low to high activation), one row per start sample</h3>");
       for (let s = 0; s < r.data.starts; s++) out.push("<div>" + strip(r, s, 1.5) + "</div>");
+      const dir = r.data.direction_rows[String(r.unit)];
+      if (dir) {
+        const d = r.data, size = d.thumb * 1.5, cells = d.steps, all = d.directions.length * cells * size;
+        out.push('<h3>Along every sweep direction (first start sample; the analysis uses tune.direction)</h3><div class="directions">');
+        d.directions.forEach((mode, j) => {
+          out.push('<div><span class="strip" style="width:' + (cells * size) + "px;height:" + size + 'px"><img alt="' + esc(mode) +
+            " sweep of unit " + r.unit + '" src="sprites/' + d.direction_sheet + '" style="top:' + (-dir[0] * size) + "px;left:" +
+            (-j * cells * size) + "px;width:" + all + 'px"></span> ' + esc(mode) + ", gain " + fmt(dir[1][j], 2) + "</div>");
+        });
+        out.push("</div>");
+      }
       out.push('<table class="facts">' +
         "<tr><td>faithful</td><td><span class=\\"badge " + (r.faithful ? "yes" : "no") + '">' + (r.faithful ? "yes" : "no") + "</span> (Spearman " + fmt(r.faithfulness, 2) + ")</td></tr>" +
         "<tr><td>gain</td><td>" + fmt(r.gain, 2) + " (realised change of the unit / target change, median over start samples)" +

@@ -59,6 +59,7 @@ rule atlas:
         [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
         [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
+        [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
     output:
         directory(PATHS.atlas),
     params:

@@ -6,7 +6,14 @@ from typing import Iterator
 
 import numpy as np
 
-from ..artifacts import COUNTERFACTUAL_DRIVERS, COUNTERFACTUAL_ITEMS, SELECTIVITY_FEATURES, SELECTIVITY_UNITS, TUNE_ARRAYS
+from ..artifacts import (
+    ACTMAX_ARRAYS,
+    COUNTERFACTUAL_DRIVERS,
+    COUNTERFACTUAL_ITEMS,
+    SELECTIVITY_FEATURES,
+    SELECTIVITY_UNITS,
+    TUNE_ARRAYS,
+)
 from ..atlas import ClassifierAtlas, classifier_atlas, sprite_sheet, thumbnails, write_atlas
 from ..io import read_npz, read_parquet
 from ..units import unit_count, unit_shards
@@ -39,6 +46,21 @@ def _sheets(ctx: Context, name: str, starts: int, thumb: int) -> Iterator[tuple[
         yield sheet_name(name, shard), sprite_sheet(strips)
 
 
+def direction_sheet_name(name: str) -> str:
+    return f"{name}-directions.png"
+
+
+def _direction_sweeps(ctx: Context, name: str) -> dict[str, np.ndarray]:
+    return read_npz(ctx.paths.actmax_arrays(name), origin=ctx.origin("actmax", classifier=name), arrays=ACTMAX_ARRAYS)
+
+
+def _direction_sheet(arrays: dict[str, np.ndarray], thumb: int) -> np.ndarray:
+    """One row per unit: its sweeps along every direction, side by side."""
+    images = arrays["direction_images"]  # [directions, units, steps, H, W, 3]
+    strips = [thumbnails(images[:, i].reshape(-1, *images.shape[3:]), thumb) for i in range(images.shape[1])]
+    return sprite_sheet(strips)
+
+
 def build_classifier_atlas(ctx: Context, name: str) -> ClassifierAtlas:
     cfg, paths = ctx.cfg, ctx.paths
     made = ctx.origin("selectivity", classifier=name)
@@ -52,9 +74,16 @@ def build_classifier_atlas(ctx: Context, name: str) -> ClassifierAtlas:
     shards = unit_shards(cfg, name)
     sprite_rows = {u: (k, i) for k, us in enumerate(shards) for i, u in enumerate(us)}
     thumb = min(ATLAS_THUMB, cfg.generator.resolution) if cfg.generator.kind == "critters" else ATLAS_THUMB
-    return classifier_atlas(name, unit_count(cfg, name), units, features, drivers, pair_names, sprite_rows,
-                            steps=cfg.tune.n_steps, starts=ATLAS_STARTS, thumb=thumb,
-                            sheets=[sheet_name(name, k) for k in range(len(shards))])
+    atlas = classifier_atlas(name, unit_count(cfg, name), units, features, drivers, pair_names, sprite_rows,
+                             steps=cfg.tune.n_steps, starts=ATLAS_STARTS, thumb=thumb,
+                             sheets=[sheet_name(name, k) for k in range(len(shards))])
+    swept = _direction_sweeps(ctx, name)
+    atlas.directions = [str(m) for m in swept["directions"]]
+    atlas.direction_sheet = direction_sheet_name(name)
+    atlas.direction_rows = {str(int(u)): [i, [round(float(g), 4) if np.isfinite(g) else None
+                                              for g in swept["direction_gain"][:, i]]]
+                            for i, u in enumerate(swept["unit"])}
+    return atlas
 
 
 def run_atlas(ctx: Context) -> None:
@@ -63,6 +92,7 @@ def run_atlas(ctx: Context) -> None:
     def sheets() -> Iterator[tuple[str, np.ndarray]]:
         for a in atlases:
             yield from _sheets(ctx, a.name, a.starts, a.thumb)
+            yield direction_sheet_name(a.name), _direction_sheet(_direction_sweeps(ctx, a.name), a.thumb)
 
     out = write_atlas(ctx.paths.atlas, atlases, sheets(), ctx.cfg.run)
     ctx.wrote(out / "index.html")
