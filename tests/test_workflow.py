@@ -24,9 +24,9 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     proc = run_snakemake("--directory", str(tmp_path), "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    # two demo classifiers and the planted one (16 units in one tune shard)
+    # two demo classifiers and the planted one (16 units in one tune shard; no counterfactuals: it classifies as its base)
     for rule, count in {"train_classifier": 3, "sample": 5, "extract": 5, "select": 3, "link": 3, "tune": 16, "measure": 16,
-                        "reference": 3, "selectivity": 3, "counterfactual": 3, "actmax": 3, "report": 1, "atlas": 1}.items():
+                        "reference": 3, "selectivity": 3, "counterfactual": 2, "actmax": 3, "report": 1, "atlas": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
 
@@ -55,6 +55,7 @@ def test_tiny_workflow_summary_has_the_headline_numbers(tiny_run):
         assert s["selective_share"] == pytest.approx(s["selective_units"] / 16)
         assert set(s["concept_recovery"]) == {"segmenter", "truth"}  # the learned segmenter, validated on the truth
         assert (s["planted"] is None) == (name != "planted")
+        assert (s["counterfactual"] is None) == (name == "planted")  # it classifies exactly as its base
     planted = summary["classifiers"]["planted"]["planted"]
     assert set(planted) == {"segmenter", "truth"}
     assert planted["truth"]["n_planted"] == 16 and 0 <= planted["truth"]["label_accuracy"] <= 1
@@ -150,7 +151,8 @@ def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_repor
     from linkstyle.artifacts import figure_files
 
     names = [name for name, *_ in figure_files(load_config(cfg_file))]
-    assert "concept-recovery" in names and "directions-regnet" in names and len(names) == 24  # 7 per classifier and 3
+    assert "concept-recovery" in names and "directions-regnet" in names and len(names) == 22  # 7 per demo classifier, 5 planted, 3
+    assert "counterfactuals-planted" not in names and "directions-planted" in names
     for name in names:
         assert paths.figure(name).read_bytes()[:4] == b"\x89PNG"
         assert paths.figure(name, ".pdf").read_bytes()[:4] == b"%PDF"

@@ -12,6 +12,7 @@ from typing import Iterable
 from .config import STAGE_SECTIONS, Config
 from .io import Array, Columns, Origin
 from .paths import RunPaths
+from .units import counterfactual_classifiers
 
 
 #: Stages whose CLI command is not the stage name.
@@ -206,7 +207,8 @@ def figure_files(cfg: Config) -> list[tuple[str, str, str, str | None]]:
         if kind == "concept-recovery" and cfg.generator.kind != "critters":
             continue  # ground truth only on the built-in world
         if per_classifier:
-            out += [(f"{kind}-{c.name}", kind, category, c.name) for c in cfg.classifiers]
+            out += [(f"{kind}-{c.name}", kind, category, c.name) for c in cfg.classifiers
+                    if category != "Counterfactuals" or c.name in counterfactual_classifiers(cfg)]
         else:
             out.append((kind, kind, category, None))
     return out

@@ -13,6 +13,9 @@ from .config import DEMO_UNITS, ClassifierConfig, Config, ConfigError
 
 #: Kinds whose weights the workflow trains itself (a train rule exists for them).
 TRAINED_BY_WORKFLOW = frozenset({"demo", "planted"})
+#: Kinds the workflow searches no counterfactuals for: a planted classifier classifies exactly as its
+#: base (its planted units weigh nothing in the head), so its counterfactuals would repeat the base's.
+NO_COUNTERFACTUALS = frozenset({"planted"})
 #: Units a planted classifier appends to its base's penultimate layer
 #: (= len(classifiers.planted.PLANTED_UNITS), which imports torch; checked there).
 PLANTED_UNIT_COUNT = 16
@@ -103,6 +106,11 @@ def analysed_units(cfg: Config, name: str) -> list[int]:
             f"{key}: {bad} out of range for classifier '{name}', which has {count} units (valid 0..{count - 1})"
         )
     return sorted(choice)
+
+
+def counterfactual_classifiers(cfg: Config) -> list[str]:
+    """The classifiers whose counterfactuals the workflow searches."""
+    return [c.name for c in cfg.classifiers if c.kind not in NO_COUNTERFACTUALS]
 
 
 def unit_shards(cfg: Config, name: str) -> list[list[int]]:

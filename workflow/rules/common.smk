@@ -10,7 +10,7 @@ from linkstyle.config import from_dict  # noqa: E402
 from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
-from linkstyle.units import TRAINED_BY_WORKFLOW, unit_shards  # noqa: E402
+from linkstyle.units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards  # noqa: E402
 
 try:
     CFG = from_dict(config)
@@ -21,6 +21,7 @@ except LinkstyleError as exc:
 PATHS = RunPaths(CFG.run_dir)
 CLASSIFIERS = [c.name for c in CFG.classifiers]
 TRAINED = [c.name for c in CFG.classifiers if c.kind in TRAINED_BY_WORKFLOW]
+SEARCHED = counterfactual_classifiers(CFG)  # the classifiers with counterfactuals
 
 # Every stage reads the resolved config (defaults filled in) from the run folder. It is written in
 # `onstart` (after Snakemake has locked the run folder; never by a dry-run, which must not change the

@@ -26,11 +26,11 @@ rule report:
         [PATHS.selectivity_planted(c) for c in CLASSIFIERS],
         [PATHS.selectivity_explanations(c) for c in CLASSIFIERS],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
-        [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_arrays(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_factors(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_metrics(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_items(c) for c in SEARCHED],
+        [PATHS.counterfactual_arrays(c) for c in SEARCHED],
+        [PATHS.counterfactual_drivers(c) for c in SEARCHED],
+        [PATHS.counterfactual_factors(c) for c in SEARCHED],
+        [PATHS.counterfactual_metrics(c) for c in SEARCHED],
         [PATHS.actmax_table(c) for c in CLASSIFIERS],
         [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
     output:
@@ -56,8 +56,8 @@ rule atlas:
     input:
         [PATHS.selectivity_units(c) for c in CLASSIFIERS],
         [PATHS.selectivity_features(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_items(c) for c in CLASSIFIERS],
-        [PATHS.counterfactual_drivers(c) for c in CLASSIFIERS],
+        [PATHS.counterfactual_items(c) for c in SEARCHED],
+        [PATHS.counterfactual_drivers(c) for c in SEARCHED],
         [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
         [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
     output:

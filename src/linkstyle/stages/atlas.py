@@ -16,7 +16,7 @@ from ..artifacts import (
 )
 from ..atlas import ClassifierAtlas, classifier_atlas, sprite_sheet, thumbnails, write_atlas
 from ..io import read_npz, read_parquet
-from ..units import unit_count, unit_shards
+from ..units import counterfactual_classifiers, unit_count, unit_shards
 from .context import Context
 
 #: Start samples per unit shown in the atlas, and the thumbnail size in pixels (at most).
@@ -66,11 +66,13 @@ def build_classifier_atlas(ctx: Context, name: str) -> ClassifierAtlas:
     made = ctx.origin("selectivity", classifier=name)
     units = read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS)
     features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
-    cf = ctx.origin("counterfactual", classifier=name)
-    drivers = read_parquet(paths.counterfactual_drivers(name), origin=cf, schema=COUNTERFACTUAL_DRIVERS)
-    items = read_parquet(paths.counterfactual_items(name), origin=cf, schema=COUNTERFACTUAL_ITEMS)
-    pair_names = {(int(o), int(t)): f"{on} -> {tn}" for o, t, on, tn in
-                  items[["origin", "target", "origin_name", "target_name"]].drop_duplicates().itertuples(index=False)}
+    drivers, pair_names = None, {}
+    if name in counterfactual_classifiers(cfg):
+        cf = ctx.origin("counterfactual", classifier=name)
+        drivers = read_parquet(paths.counterfactual_drivers(name), origin=cf, schema=COUNTERFACTUAL_DRIVERS)
+        items = read_parquet(paths.counterfactual_items(name), origin=cf, schema=COUNTERFACTUAL_ITEMS)
+        pair_names = {(int(o), int(t)): f"{on} -> {tn}" for o, t, on, tn in
+                      items[["origin", "target", "origin_name", "target_name"]].drop_duplicates().itertuples(index=False)}
     shards = unit_shards(cfg, name)
     sprite_rows = {u: (k, i) for k, us in enumerate(shards) for i, u in enumerate(us)}
     thumb = min(ATLAS_THUMB, cfg.generator.resolution) if cfg.generator.kind == "critters" else ATLAS_THUMB

@@ -28,7 +28,7 @@ from ..artifacts import (  # noqa: E402
 )
 from ..config import Config  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
-from ..units import TRAINED_BY_WORKFLOW, analysed_units, unit_count  # noqa: E402
+from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
 from .context import Context  # noqa: E402
 from .actmax import read_actmax  # noqa: E402
 from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
@@ -465,9 +465,10 @@ def require_inputs(ctx: Context) -> None:
         sel, cf = ctx.origin("selectivity", classifier=c.name), ctx.origin("counterfactual", classifier=c.name)
         needed += [(paths.selectivity_units(c.name), sel), (paths.selectivity_features(c.name), sel),
                    (paths.selectivity_population(c.name), sel), (paths.selectivity_recovery(c.name), sel),
-                   (paths.selectivity_planted(c.name), sel),
-                   (paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
-                   (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
+                   (paths.selectivity_planted(c.name), sel)]
+        if c.name in counterfactual_classifiers(cfg):
+            needed += [(paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
+                       (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
         am = ctx.origin("actmax", classifier=c.name)
         needed += [(paths.actmax_table(c.name), am), (paths.actmax_arrays(c.name), am)]
         if c.kind in TRAINED_BY_WORKFLOW:
@@ -531,17 +532,20 @@ def run_report(ctx: Context) -> None:
         if len(recovery):
             recoveries.append(recovery)
         all_units[name], all_populations[name] = units, population
-        cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
-        cf_drivers = label_drivers(cf_drivers, units)
-        figs.append((f"{name}: counterfactuals", "For one start sample per class pair: the image rendered from the linked "
-                     "features of the original, the image rendered after the shift of the penultimate features that made "
-                     "the classifier see the target class, and where the two differ (brighter: more).",
-                     figure_counterfactuals(read_counterfactual_images(ctx, name), cf_items, name,
-                                            paths.figures / f"counterfactuals-{name}.png")))
-        figs.append((f"{name}: counterfactual success", "Share of start samples whose rendered image the classifier "
-                     "assigns to the target class within the step limit, per pair; on the built-in world, also how well "
-                     "the ground-truth factors the counterfactuals change line up with those that separate the two species.",
-                     figure_pair_matrix(cf_metrics, name, paths.figures / f"counterfactual-pairs-{name}.png")))
+        counterfactuals = None
+        if name in counterfactual_classifiers(cfg):
+            cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
+            counterfactuals = counterfactual_summary(cf_metrics, label_drivers(cf_drivers, units))
+            figs.append((f"{name}: counterfactuals", "For one start sample per class pair: the image rendered from the "
+                         "linked features of the original, the image rendered after the shift of the penultimate features "
+                         "that made the classifier see the target class, and where the two differ (brighter: more).",
+                         figure_counterfactuals(read_counterfactual_images(ctx, name), cf_items, name,
+                                                paths.figures / f"counterfactuals-{name}.png")))
+            figs.append((f"{name}: counterfactual success", "Share of start samples whose rendered image the classifier "
+                         "assigns to the target class within the step limit, per pair; on the built-in world, also how "
+                         "well the ground-truth factors the counterfactuals change line up with those that separate the "
+                         "two species.",
+                         figure_pair_matrix(cf_metrics, name, paths.figures / f"counterfactual-pairs-{name}.png")))
         accuracy = None
         if clf.kind in TRAINED_BY_WORKFLOW:
             accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
@@ -575,7 +579,7 @@ def run_report(ctx: Context) -> None:
             "sweeps": sweep_summary(cfg, units, am_arrays),
             "planted": planted_summary(planted),
             "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
-            "counterfactual": counterfactual_summary(cf_metrics, cf_drivers),
+            "counterfactual": counterfactuals,  # None where none are searched (a planted classifier)
             "actmax": actmax_summary(am_table, paths.root / "benchmarks", name, int(units["unit"].nunique())),
         }
         unit_rows[name] = [
@@ -633,7 +637,7 @@ def _html(run: str, summary: dict[str, Any], figs: list[tuple[str, str, bytes]],
     counterfactual_rows = [
         {"classifier": name, **{k: v for k, v in p.items() if k != "drivers"},
          "driving units": "; ".join(f"{d['unit']} ({d['concept']}, {d['fraction']:.0%})" for d in p["drivers"])}
-        for name, s in summary["classifiers"].items() for p in s["counterfactual"]["pairs"]
+        for name, s in summary["classifiers"].items() if s["counterfactual"] for p in s["counterfactual"]["pairs"]
     ]
     actmax_rows = [
         {"classifier": name, "units": s["actmax"]["units"], "steps": s["actmax"]["steps"],
