@@ -123,6 +123,16 @@ def test_selectivity_index():
     np.testing.assert_allclose(si, [0.0, 1.0, 0.5, 0.0])
 
 
+def test_a_units_selectivity_index_is_bitwise_the_same_alone_and_among_many():
+    rng = np.random.default_rng(1)
+    # the rankable columns of a unit table, picked as unit_labels picks them (a column-major view,
+    # whose row sums numpy orders by the array's shape)
+    mag = np.abs(rng.standard_cauchy((513, 300)))[:, np.sort(rng.choice(300, 157, replace=False))]
+    together = selectivity_index(mag)
+    alone = np.array([selectivity_index(mag[i : i + 1])[0] for i in range(len(mag))])
+    assert np.array_equal(together, alone)
+
+
 FEATS = Features(
     kind=np.array(["measure", "measure", "measure", "measure", "measure", "factor", "factor"], object),
     part=np.array(["head", "tail", "tail", "tail", "body", "", ""], object),

@@ -126,6 +126,15 @@ def fit_ridge_cv(
     return LinearLink(coef, ym - mean @ coef, "ridge", best), dict(zip(alphas_arr.tolist(), scores.tolist()))
 
 
+def within_class(x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """``x`` (float64) with each class's mean removed: what varies within a class, not between classes."""
+    out = np.array(x, dtype=np.float64)
+    for c in np.unique(classes):
+        rows = classes == c
+        out[rows] -= out[rows].mean(0)
+    return out
+
+
 def r2_score(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean over target dimensions of 1 - SS_res / SS_tot (as scikit-learn's 'uniform_average')."""
     ss_res = ((y - pred) ** 2).sum(0)

@@ -21,7 +21,6 @@ sharded. The explanation of a unit (docs/selectivity.md):
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
@@ -161,12 +160,15 @@ def effects(changes: np.ndarray, scale: np.ndarray, units: Sequence[int], crit: 
 def selectivity_index(mag: np.ndarray) -> np.ndarray:
     """(largest - mean of the rest) / (largest + mean of the rest) per row of non-negative magnitudes.
 
-    Each row is summed exactly (``math.fsum``): numpy's sum along rows orders its additions by the
-    array's shape, and a unit's index must not depend on how many units share its table."""
+    Rows are summed column by column: numpy's sum along rows orders its additions by the array's
+    shape, and a unit's index must not depend on how many units share its table."""
     n = np.isfinite(mag).sum(1)
     m = np.where(np.isfinite(mag), mag, 0.0)
     top = m.max(1) if m.shape[1] else np.zeros(len(m))
-    rest = (np.array([math.fsum(row) for row in m], dtype=np.float64).reshape(len(m)) - top) / np.maximum(n - 1, 1)
+    total = np.zeros(len(m))
+    for column in m.T:
+        total += column
+    rest = (total - top) / np.maximum(n - 1, 1)
     den = top + rest
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, (top - rest) / den, 0.0)

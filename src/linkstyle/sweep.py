@@ -35,7 +35,7 @@ from typing import Callable, Literal, Sequence
 import numpy as np
 import torch
 
-from .linking import LinearLink
+from .linking import LinearLink, within_class
 from .runtime import autocast, run_batched
 
 Direction = Literal["link_row", "pattern", "directed"]
@@ -52,15 +52,8 @@ class WithinClass:
 
     @classmethod
     def of(cls, r: np.ndarray, w: np.ndarray, classes: np.ndarray) -> "WithinClass":
-        r = np.asarray(r, np.float64)
-        w = np.asarray(w, np.float64)
-        rc, wc = r.copy(), w.copy()
-        labels = np.unique(classes)
-        for c in labels:
-            rows = classes == c
-            rc[rows] -= r[rows].mean(0)
-            wc[rows] -= w[rows].mean(0)
-        dof = max(len(r) - len(labels), 1)
+        rc, wc = within_class(r, classes), within_class(w, classes)
+        dof = max(len(r) - len(np.unique(classes)), 1)
         return cls(wc.T @ rc / dof, (rc**2).sum(0) / dof, wc.T @ wc / dof)
 
     def pattern(self) -> np.ndarray:

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..generators.base import Generator
 from ..io import ARTIFACT_KEY, Origin, artifact_error, atomic_path, check_origin, missing_error, read_json, write_json
-from ..linking import r2_score
+from ..linking import r2_score, within_class
 from ..runtime import batches, progress
 from ..seeds import EVAL_SEED_BASE, TRAIN_SEED_BASE, derive
 from ..units import PLANTED_UNIT_COUNT
@@ -405,14 +405,6 @@ def _render_decorrelated(generator: Generator, seeds: np.ndarray, psi: float, de
     return images, classes, truth
 
 
-def _within_class(x: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``x`` with each class's mean removed."""
-    out = x.copy()
-    for c in np.unique(classes):
-        out[classes == c] -= x[classes == c].mean(0)
-    return out
-
-
 def _factor_index(generator: Generator) -> list[int]:
     names = list(getattr(generator, "factor_names", ()))
     missing = [f for f in PROBE_FACTORS if f not in names]
@@ -459,7 +451,7 @@ def fit_planted(
     bar.close()
     r_base, raw_stats, y = np.concatenate(feats), np.concatenate(stats), np.concatenate(factors)
     classes = np.concatenate(labels)
-    coef, _, best, scores = ridge_per_target(_within_class(r_base, classes), _within_class(y, classes),
+    coef, _, best, scores = ridge_per_target(within_class(r_base, classes), within_class(y, classes),
                                              PROBE_ALPHAS, PROBE_CV_FOLDS, derive(seed, "planted"))
     intercept = y.mean(0) - r_base.mean(0) @ coef
     alphas = {f: float(a) for f, a in zip(PROBE_FACTORS, best)}
@@ -517,7 +509,7 @@ def check_planted(
         inter_hard += float((hard * exact).sum())
         union_hard += float(((hard + exact) > 0).double().sum())
     pred, true, classes = np.concatenate(preds), np.concatenate(truths), np.concatenate(labels)
-    pred_wc, true_wc = _within_class(pred, classes), _within_class(true, classes)
+    pred_wc, true_wc = within_class(pred, classes), within_class(true, classes)
     return {
         "probe_r2": {f: r2_score(true[:, [j]], pred[:, [j]]) for j, f in enumerate(PROBE_FACTORS)},
         # what a sweep (within class) sees: the probe's slope is fitted within class, its offsets are not
