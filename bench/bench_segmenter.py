@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.sizes, args.eval_images, args.steps, args.classifier_steps = "5", 8, 10, 10
     out = args.out if args.out is not None else (None if args.quick else OUT)
     sizes = sorted({int(n) for n in args.sizes.split(",")})
-    if not all(1 <= n <= 20 for n in sizes):
-        parser.error("--sizes: the target is about 1 to 20 labelled images")
+    if not all(1 <= n <= 200 for n in sizes):
+        parser.error("--sizes: between 1 and 200 labelled images (the few-shot target is 20 or fewer)")
 
     torch.set_num_threads(args.threads)
     gen = Critters(num_classes=5, resolution=64, seed=0)

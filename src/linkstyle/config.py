@@ -370,6 +370,7 @@ class TuneConfig:
 class MeasureConfig:
     segmenter: str
     entropy_radius: int
+    min_fragment: float = 0.05
     parts: tuple[str, ...] | None = None
     validate_with_truth: bool = True
 

@@ -186,12 +186,14 @@ def run_train_segmenter(ctx: Context) -> None:
 
 
 def predict_tuned(ctx: Context, arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, tuple[str, ...]]:
-    """Part masks of a tuned shard's images from the trained segmenter, in batches."""
+    """Part masks of a tuned shard's images from the trained segmenter, in batches, stray islands
+    dropped (``measure.min_fragment``)."""
     from ..io import check_origin
-    from ..segmenter import load_segmenter
+    from ..segmenter import drop_fragments, load_segmenter
 
     made = ctx.origin("train_segmenter")
     path = ctx.paths.segmenter_model
     model, meta = load_segmenter(path, remake=made.remake, device=ctx.device)
     check_origin(path, meta.get("origin"), made)
-    return predict(ctx, model, arrays["images"], arrays["w"], meta["features"]), tuple(meta["parts"])
+    masks = predict(ctx, model, arrays["images"], arrays["w"], meta["features"])
+    return drop_fragments(masks, ctx.cfg.measure.min_fragment), tuple(meta["parts"])
