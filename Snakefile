@@ -1,14 +1,18 @@
 # linkstyle: the Linking-in-Style pipeline.
 #   snakemake -n                          # dry-run on config/config.yaml (the built-in world)
 #   snakemake --cores 2                   # run it; results in results/<run>/
-#   snakemake --configfile my.yaml ...    # another config (validated before any job starts)
+#   snakemake --configfile my.yaml ...    # another config instead (validated before any job starts)
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-# The defaults; --configfile FILE adds to and overrides them.
-configfile: f"{workflow.basedir}/config/config.yaml"
+# Without --configfile: the built-in world. A --configfile replaces it (several merge in order) and
+# keys no file sets take the schema's defaults, so a preset never inherits the built-in world's
+# settings; `linkstyle config -c FILE` prints the same merge (docs: config/README.md).
+if not workflow.overwrite_configfiles:
+
+    configfile: f"{workflow.basedir}/config/config.yaml"
 
 
 include: "workflow/rules/common.smk"

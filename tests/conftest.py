@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from linkstyle.config import deep_merge, load_yaml
 from linkstyle.paths import RunPaths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,11 +37,12 @@ def repo() -> Path:
     return REPO
 
 
-#: The tiny world that the workflow tests run end to end (about 1.5 minutes on 2 cores).
-TINY = {
+#: The tiny world that the workflow tests run end to end (about 1.5 minutes on 2 cores): the
+#: built-in world (config/config.yaml) made small. A --configfile replaces config/config.yaml, so
+#: the file the tests write holds the whole merge, as library calls load it.
+TINY = deep_merge(load_yaml(REPO / "config" / "config.yaml"), {
     "run": "tiny",
     "generator": {"num_classes": 3, "resolution": 32},
-    # As config/config.yaml (which Snakemake lays under this file), so library calls load the same config.
     "classifiers": [{"name": "resnet18", "kind": "demo", "arch": "resnet18"},
                     {"name": "regnet", "kind": "demo", "arch": "regnet_x_400mf"},
                     {"name": "planted", "kind": "planted", "base": "resnet18"}],
@@ -56,7 +58,7 @@ TINY = {
     # (the 80-step tiny RegNet moves slowly at the default lr 0.01: 0.25 success against 0.79 at 0.05)
     "counterfactual": {"samples_per_pair": 4, "weight_cosine": 1.0, "weight_other": 1.0, "lr": 0.05, "images_per_pair": 2},
     "actmax": {"steps": 24, "batch_size": 8},
-}
+})
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import ConfigError, load_config
+from .config import BUILTIN_CONFIG, ConfigError, load_config
 from .errors import LinkstyleError
 
 STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
@@ -76,6 +77,13 @@ def overrides_from(settings: list[str]) -> dict[str, Any]:
     return _merge_all([_parse_override(s) for s in settings])
 
 
+def config_files(given: list[str] | None) -> list[Path]:
+    """The files a command's config is merged from: those given, else the built-in world (as the workflow)."""
+    if given:
+        return [Path(p) for p in given]
+    return [BUILTIN_CONFIG] if BUILTIN_CONFIG.exists() else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linkstyle",
@@ -86,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", "-c", default=None, help="YAML config (default: all schema defaults)")
+    common.add_argument("--config", "-c", action="append", default=None, metavar="FILE",
+                        help="YAML config; repeat to merge several in order, as Snakemake's --configfile "
+                        "(default: the built-in world, config/config.yaml). Keys no file sets take the schema's defaults.")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set tune.n_steps=5 (repeatable)")
     common.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: config 'threads')")
@@ -127,7 +137,7 @@ def _dispatch(args: argparse.Namespace) -> None:
 
         print(f"wrote {convert_stylegan(args.input, args.output, args.repo)}")
         return
-    cfg = load_config(args.config, overrides_from(args.set))
+    cfg = load_config(config_files(args.config), overrides_from(args.set))
     if args.command == "config":
         sys.stdout.write(yaml.safe_dump(cfg.raw, sort_keys=False))
         return

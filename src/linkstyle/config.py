@@ -3,6 +3,11 @@
 The schema (``schemas/config.schema.yaml``, also at ``workflow/schemas/``) is the single
 source of keys, defaults and descriptions; Snakemake and the CLI both go through
 :func:`load_config`, so a bad key fails the same way in both, before any job runs.
+
+One merge, everywhere: the schema's defaults, then the config files in the order given. With no
+file, the workflow and the CLI take the built-in world (:data:`BUILTIN_CONFIG`); a file given
+replaces it rather than being laid over it, so a preset never inherits the built-in world's
+settings (e.g. its counterfactual loss weights) for keys it leaves out.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jsonschema
 import yaml
 
 from .errors import LinkstyleError
+
+#: The built-in world: what ``snakemake`` and ``linkstyle`` run when no config file is given.
+BUILTIN_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
 
 #: Sample seeds of the analysis stay below this; demo-classifier training draws above it.
 ANALYSIS_SEED_LIMIT = 2**31
@@ -528,9 +536,14 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
     )
 
 
-def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Read a YAML config (or none: all defaults), apply ``overrides`` on top, validate."""
-    raw = load_yaml(path) if path is not None else {}
+def load_config(path: str | Path | Sequence[str | Path] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read YAML config files (one path, several merged in order, or none: all schema defaults),
+    apply ``overrides`` on top, validate."""
+    paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
+    raw: dict[str, Any] = {}
+    for one in paths:
+        raw = deep_merge(raw, load_yaml(one))
     if overrides:
         raw = deep_merge(raw, overrides)
     return from_dict(raw)
