@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.linkstyle-installed
 CORES  ?= 2
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install run dry-run test test-fast clean-results
+.PHONY: install run dry-run lint test test-fast clean-results
 
 install: $(STAMP)
 
@@ -26,8 +26,14 @@ run: $(STAMP)
 dry-run: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake -n $(SNAKEMAKE_ARGS)
 
+# Snakemake's own linter, the Snakemake formatter and a Python linter (settings in pyproject.toml).
+lint: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile workflow
+	$(BIN)/ruff check src tests bench
+
 # --dist loadfile keeps the tests that share the real SLURM cluster (tests/test_slurm.py) on one worker.
-test: $(STAMP)
+test: lint
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: $(STAMP)

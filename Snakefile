@@ -26,9 +26,9 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         PATHS.report,
         PATHS.summary,
         [PATHS.figure(name, suffix) for name, *_ in FIGURES for suffix in (".png", ".pdf")],
         PATHS.atlas,
-    default_target: True

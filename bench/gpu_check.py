@@ -44,9 +44,10 @@ def throughput(device: torch.device, resolution: int, arch: str, batch: int, pre
     z = gen.sample_z(list(range(batch))).to(device)
     w = gen.mapping(z, torch.arange(batch, device=device) % 5, 0.7)
     out = {}
+    with autocast(device, precision):
+        imgs = gen.synthesize(w)  # what the classifier times on
     for label, fn in (("synthesize", lambda: gen.synthesize(w)), ("classify", lambda: clf.features_and_logits(imgs))):
         with autocast(device, precision):
-            imgs = gen.synthesize(w)
             fn()  # warm-up (and cuDNN autotuning)
             _sync(device)
             n, start = 0, time.perf_counter()

@@ -53,7 +53,7 @@ TINY = deep_merge(load_yaml(REPO / "config" / "config.yaml"), {
     "tune": {"units": list(range(16)), "units_per_shard": 6, "batch_size": 64},
     # The whole labelling loop: exported exact masks stand in for an annotator; measured on both.
     "measure": {"segmenter": "learned"},
-    "segmentation": {"export_images": 8, "steps": 60, "heldout_images": 24},
+    "segmentation": {"export_images": 8, "sweep_images": 4, "steps": 60, "heldout_images": 24},
     # every ordered pair of the 3 species, 4 start samples each; the built-in world's weights
     # (the 80-step tiny RegNet moves slowly at the default lr 0.01: 0.25 success against 0.79 at 0.05)
     "counterfactual": {"samples_per_pair": 4, "weight_cosine": 1.0, "weight_other": 1.0, "lr": 0.05, "images_per_pair": 2},

@@ -186,7 +186,7 @@ def test_missing_folder_and_files(tmp_path):
         load_biggan(tmp_path / "nope")
     text = str(info.value)
     assert "not found" in text and str(tmp_path / "nope") in text
-    for name, (weights_url, config_url) in OFFICIAL_WEIGHTS.items():
+    for weights_url, config_url in OFFICIAL_WEIGHTS.values():
         assert weights_url in text and config_url in text
     assert "s3.amazonaws.com/models.huggingface.co/biggan/biggan-deep-256-pytorch_model.bin" in text
     # a shortcut name is only ever a (missing) local folder: nothing is fetched

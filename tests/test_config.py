@@ -104,3 +104,29 @@ def test_cli_reports_config_errors_cleanly(tmp_path):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_class_name_typo_in_the_builtin_world_fails_when_the_config_loads():
+    with pytest.raises(ConfigError) as err:
+        from_dict({"counterfactual": {"pairs": [["fox", "cta"], ["Fox", "mouse"]]}, "classes": [0, 1]})
+    text = str(err.value)
+    assert "counterfactual.pairs[0]: unknown target class name 'cta'" in text and "did you mean 'cat'?" in text
+    assert "counterfactual.pairs[1]: target class 'mouse' (index 2) is not among the analysed classes [0, 1]" in text
+    # names are case-insensitive, as the counterfactual stage reads them
+    assert from_dict({"counterfactual": {"pairs": [["FOX", "cat"]]}}).counterfactual.pairs == (("FOX", "cat"),)
+
+
+def test_a_class_name_typo_fails_in_the_cli_and_the_dry_run_within_seconds(tmp_path):
+    import time
+
+    from .conftest import REPO, run_snakemake
+
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("counterfactual: {pairs: [[fox, dgo]]}\n")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "linkstyle", "config", "-c", str(bad)], capture_output=True, text=True, cwd=REPO)
+    seconds = time.perf_counter() - start
+    assert proc.returncode != 0 and "unknown target class name 'dgo'" in proc.stderr
+    assert seconds < 3.0, seconds
+    proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(bad), "-n")
+    assert proc.returncode != 0 and "unknown target class name 'dgo'" in proc.stdout + proc.stderr

@@ -78,6 +78,16 @@ def test_export_layout(export) -> None:
     assert not list(folder.rglob("*.tmp*"))
 
 
+def test_a_smaller_re_export_leaves_nothing_of_the_last(export) -> None:
+    """Images and exact masks of the last export that the new one lacks are gone, so the truth folder
+    (the annotator's stand-in) imports cleanly."""
+    folder, images, masks, names = export
+    write_label_set(folder, images[:4], names[:4], PARTS, truth=masks[:4])
+    for sub in ("images", "truth"):
+        assert sorted(p.stem for p in (folder / sub).glob("*.png")) == names[:4]
+    assert read_label_set(folder, folder / "truth", PARTS, min_images=4).names == tuple(names[:4])
+
+
 def test_round_trip_from_truth(export) -> None:
     """The exported truth PNGs are valid label files: copying them over reads back the exact masks."""
     folder, images, masks, names = export

@@ -341,7 +341,8 @@ def test_planted_entry_is_read_into_the_config():
 
 def test_the_train_stage_plants_units_and_writes_its_artifacts(tmp_path):
     from linkstyle.artifacts import origin
-    from linkstyle.classifiers import load_classifier, load_planted_spec as exported
+    from linkstyle.classifiers import load_classifier
+    from linkstyle.classifiers import load_planted_spec as exported
     from linkstyle.io import read_json
     from linkstyle.paths import RunPaths
     from linkstyle.stages import run_stage

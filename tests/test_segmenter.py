@@ -16,11 +16,11 @@ from linkstyle.classifiers.wrapper import Classifier
 from linkstyle.errors import LinkstyleError
 from linkstyle.generators.critters import PART_NAMES, Critters
 from linkstyle.segmenter import (
-    drop_fragments,
     IMAGE_CHANNELS,
     PartSegmenter,
     SegmenterError,
     classifier_maps,
+    drop_fragments,
     generator_features,
     image_features,
     load_segmenter,

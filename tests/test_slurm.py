@@ -24,8 +24,8 @@ from linkstyle.paths import RunPaths
 from linkstyle.units import unit_shards
 
 from . import slurm_cluster
-from .conftest import REPO, TINY, run_env, snakemake_cmd
 from .compare import assert_same_artifacts, assert_same_file
+from .conftest import REPO, TINY, run_env, snakemake_cmd
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 

@@ -14,7 +14,6 @@ from .io import Array, Columns, Origin
 from .paths import RunPaths
 from .units import counterfactual_classifiers
 
-
 #: Stages whose CLI command is not the stage name.
 COMMAND_OF_STAGE = {"label_export": "label export", "label_import": "label import", "train_segmenter": "train-segmenter"}
 

@@ -258,8 +258,8 @@ def analyse_units(config: str | Path, classifier: str, units: Iterable[int], *, 
     n = len(chunks)
     jobs = ex.map_array(_sweep_and_measure, [str(config)] * n, [classifier] * n, chunks,
                         [str(Path(folder).resolve())] * n, [dict(overrides or {})] * n, [resources.cpus_per_task] * n)
-    from .selectivity import summarise
     from .seeds import derive
+    from .selectivity import summarise
     from .stages.context import Context
     from .stages.selectivity import factor_periods, primary_mask_source, read_spread
 

@@ -49,9 +49,10 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "tune": ("tune", "precision"),
     # The labelling loop reads single keys, so that pointing segmentation.labels at your maps keeps
     # the exported images, and tuning the training keeps both.
-    "label_export": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images"),
+    "label_export": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images",
+                     "segmentation.sweep_images"),
     "label_import": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images",
-                     "segmentation.labels", "segmentation.min_labelled"),
+                     "segmentation.sweep_images", "segmentation.labels", "segmentation.min_labelled"),
     "train_segmenter": ("seed", "generator", "classes", "measure.parts", "segmentation"),
     "measure": ("measure",),
     # The spreads that scale every unit's changes: the segmentation and measures, and how many images.
@@ -167,8 +168,19 @@ def did_you_mean(given: list[str], valid: list[str]) -> str:
 MAX_CLASSES_FOR_ALL_PAIRS = 10
 
 
+def _known_class_names(cfg: dict[str, Any]) -> tuple[str, ...] | None:
+    """The generator's class names where the config alone tells them (the built-in world); None where
+    they come with the weights (a StyleGAN checkout's, BigGAN's), which the counterfactual stage checks."""
+    if cfg["generator"]["kind"] != "critters":
+        return None
+    from .generators.critters import CLASS_NAMES
+
+    return CLASS_NAMES[: cfg["generator"]["num_classes"]]
+
+
 def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
-    """Pairs given as indices are checked here; names need the generator and are checked by the stage."""
+    """Pairs given as indices, and as names where the names are known without weights (the built-in
+    world), are checked here, so a typo fails before any job; other names are checked by the stage."""
     pairs = cfg["counterfactual"]["pairs"]
     classes = cfg["classes"] if cfg["classes"] is not None else list(range(cfg["generator"]["num_classes"]))
     if pairs == "auto":
@@ -181,10 +193,21 @@ def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
                     f"{MAX_CLASSES_FOR_ALL_PAIRS} classes)"]
         return []
     problems = []
+    names = _known_class_names(cfg) if any(isinstance(v, str) for pair in pairs for v in pair) else None
+    lookup = {n.lower(): i for i, n in enumerate(names or ())}
     for i, pair in enumerate(pairs):
-        for end, value in zip(("origin", "target"), pair):
+        for end, given in zip(("origin", "target"), pair):
+            value, shown = given, f"{given}"
+            if isinstance(given, str) and names is not None:
+                if given.lower() not in lookup:
+                    problems.append(f"counterfactual.pairs[{i}]: unknown {end} class name {given!r}; the "
+                                    f"{cfg['generator']['kind']} world's {len(names)} classes are {', '.join(names)}"
+                                    + did_you_mean([given], list(names)))
+                    continue
+                value = lookup[given.lower()]
+                shown = f"{given!r} (index {value})"
             if isinstance(value, int) and value not in classes:
-                problems.append(f"counterfactual.pairs[{i}]: {end} class {value} is not among the analysed classes "
+                problems.append(f"counterfactual.pairs[{i}]: {end} class {shown} is not among the analysed classes "
                                 f"{_short(classes)} (key 'classes')")
         if pair[0] == pair[1]:
             problems.append(f"counterfactual.pairs[{i}]: origin and target are both {pair[0]!r}; a counterfactual "
@@ -392,6 +415,7 @@ class SegmentationConfig:
     steps: int
     batch_size: int
     heldout_images: int
+    sweep_images: int = 0
 
 
 @dataclass(frozen=True)

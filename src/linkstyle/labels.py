@@ -163,6 +163,13 @@ def write_label_set(
             raise ValueError(f"truth has value {int(truth.max())}, but there are {len(parts)} parts")
     manifest = folder / "manifest.json"
     manifest.unlink(missing_ok=True)  # a re-export is incomplete until its manifest is back
+    # A re-export with other images must not leave the last export's behind: the exact masks in
+    # truth/ stand in for the annotator's folder, and a stale map there names no exported image.
+    keep = {f"{n}.png" for n in names}
+    for sub in ("images", "truth"):
+        for old in (folder / sub).glob("*.png") if (folder / sub).is_dir() else ():
+            if old.name not in keep:
+                old.unlink()
     for name, image in zip(names, images):
         write_bytes(_rgb_png_bytes(image), folder / "images" / f"{name}.png")
     if truth is not None:

@@ -10,7 +10,6 @@ from typing import Callable
 
 from .config import DEMO_UNITS, ClassifierConfig, Config, ConfigError
 
-
 #: Kinds whose weights the workflow trains itself (a train rule exists for them).
 TRAINED_BY_WORKFLOW = frozenset({"demo", "planted"})
 #: Kinds the workflow searches no counterfactuals for: a planted classifier classifies exactly as its

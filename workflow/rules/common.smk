@@ -1,4 +1,5 @@
-# Shared by every rule: the validated config, the artifact layout, the command that runs a stage.
+# Shared by every rule: the validated config, the artifact layout, the jobs' Python path, the input functions.
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
 from linkstyle.units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards  # noqa: E402
+from linkstyle.artifacts import figure_files  # noqa: E402
+from snakemake.io import report as for_report  # noqa: E402  (`report` would open a directive)
 
 try:
     CFG = from_dict(config)
@@ -38,8 +41,13 @@ def write_resolved_config():
         except LinkstyleError as exc:  # e.g. an unwritable results folder
             raise WorkflowError(str(exc)) from None
 
-# Run a stage in the job's own Python (the venv's, or the conda env's with --sdm conda).
-STAGE = f"PYTHONPATH={Path(workflow.basedir) / 'src'}${{PYTHONPATH:+:$PYTHONPATH}} python -m linkstyle"
+
+# Jobs run `python -m linkstyle <stage>` in their own Python (the venv's, or the conda env's with
+# --sdm conda, which does not install the package): this checkout's src/ goes first on the path of
+# every job, local or on a cluster node (where Snakemake parses this file again before the job).
+os.environ.update(
+    PYTHONPATH=os.pathsep.join([str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+)
 
 
 wildcard_constraints:
@@ -82,4 +90,68 @@ onstart:
                     _seen.setdefault(str(_job.resources.get(_key)), set()).add(_job.rule.name)
         _problems = slurm_problems(getattr(workflow.executor_settings, "status_command", None), _requested)
         if _problems:
-            raise WorkflowError("SLURM cannot run this workflow from here:\n" + "\n".join(f"- {p}" for p in _problems))
+            raise WorkflowError(
+                "SLURM cannot run this workflow from here:\n" + "\n".join(f"- {p}" for p in _problems)
+            )
+
+
+# ----------------------------------------------------------------------------- the rules' input functions
+
+# Every figure, marked for `snakemake --report` with its caption (workflow/report/<kind>.rst).
+FIGURES = figure_files(CFG)
+
+
+def trained_base(wildcards):
+    """A planted classifier is fitted on its base's trained network."""
+    clf = CFG.classifier(wildcards.clf)
+    return [PATHS.classifier_weights(clf.base)] if clf.kind == "planted" else []
+
+
+def train_spec(wildcards):
+    """The classifier's entry (without the units analysed, which never change training), and a planted one's base."""
+    clf = CFG.classifier(wildcards.clf)
+    spec = classifier_spec(wildcards)
+    return f"{spec} base={clf.base!r}" if clf.kind == "planted" else spec
+
+
+def figure_outputs():
+    return [
+        for_report(
+            PATHS.figure(name),
+            caption=f"../report/{kind}.rst",
+            category=category,
+            subcategory=clf or "all classifiers",
+            labels={"figure": kind, "classifier": clf or "all"},
+        )
+        for name, kind, category, clf in FIGURES
+    ]
+
+
+def classifier_weights(wildcards=None):
+    return [PATHS.classifier_weights(name) for name in TRAINED]
+
+
+def user_label_maps(wildcards=None):
+    """The annotator's PNG label maps: a change to any of them reruns the import."""
+    if not CFG.segmentation.labels:
+        return []
+    return sorted(str(p) for p in Path(CFG.segmentation.labels).glob("*.png"))
+
+
+def swept_label_inputs(wildcards=None):
+    """The sweeps that segmentation.sweep_images draws images to label from (none when it is 0)."""
+    if not CFG.segmentation.sweep_images:
+        return []
+    return [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])]
+
+
+def unit_shard_files(path_of):
+    def files(wildcards):
+        return [path_of(wildcards.clf, s) for s in range(SHARDS[wildcards.clf])]
+
+    return files
+
+
+def planted_spec(wildcards):
+    """A planted classifier's record of what it planted (kind 'planted'): written with its weights, by the same job."""
+    return [PATHS.classifier_weights(wildcards.clf)] if CFG.classifier(wildcards.clf).kind == "planted" else []

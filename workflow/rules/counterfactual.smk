@@ -10,17 +10,18 @@ rule counterfactual:
         drivers=PATHS.counterfactual_drivers("{clf}"),
         factors=PATHS.counterfactual_factors("{clf}"),
         metrics=PATHS.counterfactual_metrics("{clf}"),
-    params:
-        config=digest("counterfactual"),
     log:
         PATHS.log("counterfactual", "{clf}"),
     benchmark:
         PATHS.benchmark("counterfactual", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("counterfactual"),
     shell:
-        "{STAGE} counterfactual --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        "python -m linkstyle counterfactual --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
 
 
 rule actmax:
@@ -32,14 +33,15 @@ rule actmax:
     output:
         table=PATHS.actmax_table("{clf}"),
         arrays=PATHS.actmax_arrays("{clf}"),
-    params:
-        config=digest("actmax"),
     log:
         PATHS.log("actmax", "{clf}"),
     benchmark:
         PATHS.benchmark("actmax", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("actmax"),
     shell:
-        "{STAGE} actmax --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        "python -m linkstyle actmax --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"

@@ -6,14 +6,15 @@ rule link:
     output:
         model=PATHS.link_model("{clf}"),
         metrics=PATHS.link_metrics("{clf}"),
-    params:
-        config=digest("link"),
     log:
         PATHS.log("link", "{clf}"),
     benchmark:
         PATHS.benchmark("link", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("link"),
     shell:
-        "{STAGE} link --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        "python -m linkstyle link --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"

@@ -1,19 +1,3 @@
-from snakemake.io import report as for_report  # `report` opens a directive at the start of a line
-
-from linkstyle.artifacts import figure_files  # noqa: E402
-
-# Every figure, marked for `snakemake --report` with its caption (workflow/report/<kind>.rst).
-FIGURES = figure_files(CFG)
-
-
-def figure_outputs():
-    return [
-        for_report(PATHS.figure(name), caption=f"../report/{kind}.rst", category=category,
-               subcategory=clf or "all classifiers", labels={"figure": kind, "classifier": clf or "all"})
-        for name, kind, category, clf in FIGURES
-    ]
-
-
 rule report:
     """Figures (PNG and PDF), report.html and summary.json for the whole run, from the artifacts alone."""
     input:
@@ -38,17 +22,18 @@ rule report:
         summary=PATHS.summary,
         figures=figure_outputs(),
         pdfs=[PATHS.figure(name, ".pdf") for name, *_ in FIGURES],
-    params:
-        config=digest("report"),
     log:
         PATHS.log("report"),
     benchmark:
         PATHS.benchmark("report")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("report"),
     shell:
-        "{STAGE} report --config {CONFIG} --threads {threads} > {log} 2>&1"
+        "python -m linkstyle report --config {params.resolved} --threads {threads} > {log} 2>&1"
 
 
 rule atlas:
@@ -62,14 +47,15 @@ rule atlas:
         [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
     output:
         directory(PATHS.atlas),
-    params:
-        config=digest("atlas"),
     log:
         PATHS.log("atlas"),
     benchmark:
         PATHS.benchmark("atlas")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("atlas"),
     shell:
-        "{STAGE} atlas --config {CONFIG} --threads {threads} > {log} 2>&1"
+        "python -m linkstyle atlas --config {params.resolved} --threads {threads} > {log} 2>&1"

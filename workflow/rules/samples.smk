@@ -1,22 +1,19 @@
-def classifier_weights(wildcards=None):
-    return [PATHS.classifier_weights(name) for name in TRAINED]
-
-
 rule sample:
     """Draw the latents of one shard of one class."""
     output:
         PATHS.samples("{cls}", "{shard}"),
-    params:
-        config=digest("sample"),
     log:
         PATHS.log("sample", "{cls}", "{shard}"),
     benchmark:
         PATHS.benchmark("sample", "{cls}", "{shard}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("sample"),
     shell:
-        "{STAGE} sample --config {CONFIG} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
+        "python -m linkstyle sample --config {params.resolved} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
 
 
 rule extract:
@@ -27,17 +24,18 @@ rule extract:
     output:
         table=PATHS.extract_table("{cls}", "{shard}"),
         arrays=PATHS.extract_arrays("{cls}", "{shard}"),
-    params:
-        config=digest("extract"),
     log:
         PATHS.log("extract", "{cls}", "{shard}"),
     benchmark:
         PATHS.benchmark("extract", "{cls}", "{shard}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("extract"),
     shell:
-        "{STAGE} extract --config {CONFIG} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
+        "python -m linkstyle extract --config {params.resolved} --threads {threads} --cls {wildcards.cls} --shard {wildcards.shard} > {log} 2>&1"
 
 
 rule select:
@@ -48,14 +46,15 @@ rule select:
     output:
         table=PATHS.select_table("{clf}"),
         arrays=PATHS.select_arrays("{clf}"),
-    params:
-        config=digest("select"),
     log:
         PATHS.log("select", "{clf}"),
     benchmark:
         PATHS.benchmark("select", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("select"),
     shell:
-        "{STAGE} select --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        "python -m linkstyle select --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"

@@ -1,29 +1,25 @@
 # The few-shot part segmenter (measure.segmenter: learned); docs/segmentation.md.
 
 
-def user_label_maps(wildcards=None):
-    """The annotator's PNG label maps: a change to any of them reruns the import."""
-    if not CFG.segmentation.labels:
-        return []
-    return sorted(str(p) for p in Path(CFG.segmentation.labels).glob("*.png"))
-
-
 rule label_export:
-    """Render the images to label (and, on the built-in world, their exact masks)."""
+    """Render the images to label (and, on the built-in world, their exact masks); add swept ones."""
+    input:
+        swept_label_inputs,
     output:
         manifest=PATHS.label_manifest,
         latents=PATHS.label_latents,
-    params:
-        config=digest("label_export"),
     log:
         PATHS.log("label_export"),
     benchmark:
         PATHS.benchmark("label_export")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("label_export"),
     shell:
-        "{STAGE} label export --config {CONFIG} --threads {threads} > {log} 2>&1"
+        "python -m linkstyle label export --config {params.resolved} --threads {threads} > {log} 2>&1"
 
 
 rule label_import:
@@ -34,17 +30,18 @@ rule label_import:
         user_label_maps,
     output:
         PATHS.segmenter_labels,
-    params:
-        config=digest("label_import"),
     log:
         PATHS.log("label_import"),
     benchmark:
         PATHS.benchmark("label_import")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("label_import"),
     shell:
-        "{STAGE} label import --config {CONFIG} --threads {threads} > {log} 2>&1"
+        "python -m linkstyle label import --config {params.resolved} --threads {threads} > {log} 2>&1"
 
 
 rule train_segmenter:
@@ -54,14 +51,15 @@ rule train_segmenter:
     output:
         model=PATHS.segmenter_model,
         metrics=PATHS.segmenter_metrics,
-    params:
-        config=digest("train_segmenter"),
     log:
         PATHS.log("train_segmenter"),
     benchmark:
         PATHS.benchmark("train_segmenter")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("train_segmenter"),
     shell:
-        "{STAGE} train-segmenter --config {CONFIG} --threads {threads} > {log} 2>&1"
+        "python -m linkstyle train-segmenter --config {params.resolved} --threads {threads} > {log} 2>&1"

@@ -1,10 +1,3 @@
-def unit_shard_files(path_of):
-    def files(wildcards):
-        return [path_of(wildcards.clf, s) for s in range(SHARDS[wildcards.clf])]
-
-    return files
-
-
 rule tune:
     """Sweep the units of one shard over their range, render, record the realised activation."""
     input:
@@ -13,17 +6,18 @@ rule tune:
     output:
         table=PATHS.tune_table("{clf}", "{shard}"),
         arrays=PATHS.tune_arrays("{clf}", "{shard}"),
-    params:
-        config=digest("tune"),
     log:
         PATHS.log("tune", "{clf}", "{shard}"),
     benchmark:
         PATHS.benchmark("tune", "{clf}", "{shard}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("tune"),
     shell:
-        "{STAGE} tune --config {CONFIG} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
+        "python -m linkstyle tune --config {params.resolved} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
 
 
 SEGMENTER = [PATHS.segmenter_model] if CFG.measure.segmenter == "learned" else []
@@ -36,17 +30,18 @@ rule measure:
         SEGMENTER,
     output:
         PATHS.measure_table("{clf}", "{shard}"),
-    params:
-        config=digest("measure"),
     log:
         PATHS.log("measure", "{clf}", "{shard}"),
     benchmark:
         PATHS.benchmark("measure", "{clf}", "{shard}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("measure"),
     shell:
-        "{STAGE} measure --config {CONFIG} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
+        "python -m linkstyle measure --config {params.resolved} --threads {threads} --classifier {wildcards.clf} --shard {wildcards.shard} > {log} 2>&1"
 
 
 rule reference:
@@ -57,22 +52,18 @@ rule reference:
         SEGMENTER,
     output:
         PATHS.reference_spread("{clf}"),
-    params:
-        config=digest("reference"),
     log:
         PATHS.log("reference", "{clf}"),
     benchmark:
         PATHS.benchmark("reference", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("reference"),
     shell:
-        "{STAGE} reference --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
-
-
-def planted_spec(wildcards):
-    """A planted classifier's record of what it planted (kind 'planted'): written with its weights, by the same job."""
-    return [PATHS.classifier_weights(wildcards.clf)] if CFG.classifier(wildcards.clf).kind == "planted" else []
+        "python -m linkstyle reference --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
 
 
 rule selectivity:
@@ -89,14 +80,15 @@ rule selectivity:
         population=PATHS.selectivity_population("{clf}"),
         recovery=PATHS.selectivity_recovery("{clf}"),
         planted=PATHS.selectivity_planted("{clf}"),
-    params:
-        config=digest("selectivity"),
     log:
         PATHS.log("selectivity", "{clf}"),
     benchmark:
         PATHS.benchmark("selectivity", "{clf}")
-    threads: 1
     conda:
         "../../envs/linkstyle.yaml"
+    threads: 1
+    params:
+        resolved=CONFIG,
+        config=digest("selectivity"),
     shell:
-        "{STAGE} selectivity --config {CONFIG} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        "python -m linkstyle selectivity --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"

@@ -517,7 +517,7 @@ def load_torchvision(
 
 __all__ = [
     "TORCHVISION_UNITS",
-    "TorchvisionClassifier",
+    "TorchvisionClassifier",  # noqa: F822 (made on first use by the module's __getattr__)
     "checkpoint_dir",
     "load_torchvision",
     "resolve_weights",

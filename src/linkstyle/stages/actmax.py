@@ -16,8 +16,8 @@ from ..io import read_npz, read_parquet, write_npz, write_parquet
 from ..sweep import DIRECTIONS, gain
 from .context import Context
 from .link import read_select
-from .tune import sweep_units
 from .selectivity import top_units
+from .tune import sweep_units
 
 log = logging.getLogger("linkstyle")
 

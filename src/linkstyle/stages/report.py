@@ -20,19 +20,19 @@ from ..artifacts import (  # noqa: E402
     CLASSIFIER_METRICS,
     LINK_METRICS,
     SELECTIVITY_FEATURES,
-    SELECTIVITY_POPULATION,
     SELECTIVITY_PLANTED,
+    SELECTIVITY_POPULATION,
     SELECTIVITY_RECOVERY,
     SELECTIVITY_UNITS,
     TUNE_ARRAYS,
 )
 from ..config import Config  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
-from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
-from .context import Context  # noqa: E402
-from .actmax import read_actmax  # noqa: E402
-from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
 from ..selectivity import UNRANKED, top_units  # noqa: E402
+from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
+from .actmax import read_actmax  # noqa: E402
+from .context import Context  # noqa: E402
+from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
 
 #: Okabe-Ito: distinguishable with every common colour-vision deficiency.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")

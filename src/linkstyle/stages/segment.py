@@ -11,6 +11,7 @@ held-out images it never saw.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from ..config import ConfigError
 from ..errors import LinkstyleError
 from ..io import read_npz, write_json, write_npz
 from ..runtime import batches
-from ..seeds import LABEL_SEED_BASE, HELDOUT_LABEL_SEED_BASE
+from ..seeds import HELDOUT_LABEL_SEED_BASE, LABEL_SEED_BASE
 from .context import Context
 from .tune import to_uint8
 
@@ -81,8 +82,45 @@ def _render(ctx: Context, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return images, ws, masks
 
 
+def swept_label_images(ctx: Context, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    """``n`` swept images to label (uint8 NHWC images, w, exact masks where known, names).
+
+    The segmenter is applied to the sweeps, and a sweep's ends are the images farthest from the
+    samples it otherwise learns from (on RegNet's sweeps its stray pieces of the body grew from 1.1
+    per image at the first step to 1.9 at the last). So the first and last steps of the sweeps are
+    the candidates, spread evenly over every classifier's shards (in config order) and, within a
+    shard, over its units and starts: a fixed choice, the same in every run of the same sweeps.
+    Names: ``sweep-<classifier>-<shard>-<index in the shard>-<digest of the image>``.
+    """
+    from ..artifacts import TUNE_ARRAYS
+    from ..units import unit_shards
+
+    shards = [(c.name, s) for c in ctx.cfg.classifiers for s in range(len(unit_shards(ctx.cfg, c.name)))]
+    quota = np.full(len(shards), n // len(shards)) + (np.arange(len(shards)) < n % len(shards))
+    last = ctx.cfg.tune.n_steps - 1
+    images, ws, masks, names = [], [], [], []
+    for (name, shard), k in zip(shards, quota.tolist()):
+        if not k:
+            continue
+        arrays = read_npz(ctx.paths.tune_arrays(name, shard), origin=ctx.origin("tune", classifier=name, shard=shard),
+                          arrays=TUNE_ARRAYS)
+        ends = np.flatnonzero((arrays["step"] == 0) | (arrays["step"] == last))
+        pick = ends[np.unique(np.linspace(0, len(ends) - 1, min(k, len(ends))).round().astype(np.int64))]
+        images.append(arrays["images"][pick])
+        ws.append(arrays["w"][pick].astype(np.float32))
+        masks.append(arrays["masks"][pick] if "masks" in arrays else None)
+        # The digest ties a label map to the image it labels: changed sweeps give new names.
+        names += [f"sweep-{name}-{shard}-{int(i):05d}-{hashlib.sha256(arrays['images'][i].tobytes()).hexdigest()[:8]}"
+                  for i in pick]
+    if not images:
+        raise LinkstyleError(f"segmentation.sweep_images: {n} swept images asked for, but no sweeps exist")
+    known = all(m is not None for m in masks)
+    return (np.concatenate(images), np.concatenate(ws), np.concatenate(masks) if known else None, names)
+
+
 def run_label_export(ctx: Context) -> None:
-    """Render ``segmentation.export_images`` images to label (and their exact masks, where known)."""
+    """Render ``segmentation.export_images`` images to label (and their exact masks, where known),
+    then add ``segmentation.sweep_images`` images from the sweeps themselves."""
     from ..labels import write_label_set
 
     n = ctx.cfg.segmentation.export_images
@@ -90,6 +128,12 @@ def run_label_export(ctx: Context) -> None:
     images, ws, masks = _render(ctx, seeds)
     folder = ctx.paths.labels_dir
     names = [f"{i:04d}-seed{s}" for i, s in enumerate(seeds)]
+    swept = ctx.cfg.segmentation.sweep_images
+    if swept:
+        s_images, s_ws, s_masks, s_names = swept_label_images(ctx, swept)
+        images, ws, names = np.concatenate([images, s_images]), np.concatenate([ws, s_ws]), names + s_names
+        masks = np.concatenate([masks, s_masks]) if masks is not None and s_masks is not None else None
+        seeds = np.concatenate([seeds, np.full(len(s_names), -1, np.int64)])  # -1: not a sample but a swept image
     write_npz(ctx.paths.label_latents, ctx.origin("label_export"), seed=seeds, w=ws, names=np.array(names))
     meta = {"run": ctx.cfg.run, "generator": ctx.cfg.generator.kind, "seeds": seeds.tolist()}
     write_label_set(folder, images, names, part_names(ctx), truth=masks, meta=meta)

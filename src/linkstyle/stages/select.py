@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..config import ConfigError
 from ..artifacts import EXTRACT_TABLE, extract_arrays
+from ..config import ConfigError
 from ..io import artifact_error, read_npz, read_parquet, write_npz, write_parquet
 from ..seeds import in_test_split
 from .context import Context, log

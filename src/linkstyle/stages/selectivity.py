@@ -15,6 +15,7 @@ import pandas as pd
 from ..artifacts import REFERENCE_SPREAD, SELECTIVITY_RECOVERY, TUNE_TABLE, measure_table
 from ..config import Config
 from ..io import artifact_error, empty_table, read_parquet, write_parquet
+from ..seeds import derive
 from ..selectivity import (
     Selectivity,
     concept_recovery,
@@ -23,7 +24,6 @@ from ..selectivity import (
     summarise,
     top_units,
 )
-from ..seeds import derive
 from ..units import unit_shards
 from .context import Context
 
