@@ -15,6 +15,10 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# `snakemake --report`: this text opens it; every figure carries its own caption.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/classifiers.smk"
 include: "workflow/rules/samples.smk"

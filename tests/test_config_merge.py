@@ -64,3 +64,12 @@ def test_several_files_merge_in_order(tmp_path):
 
 def test_without_a_file_both_take_the_builtin_world():
     assert yaml.safe_load(_printed()) == load_config(BUILTIN_CONFIG).raw
+
+
+def test_the_tiny_test_world_is_the_builtin_world_made_small():
+    """.test/config/config.yaml replaces config/config.yaml in the tests: same world, classifiers and
+    segmenter, fewer of everything."""
+    tiny, builtin = load_config(REPO / ".test" / "config" / "config.yaml"), load_config(BUILTIN_CONFIG)
+    assert tiny.classifiers == builtin.classifiers and tiny.generator.kind == builtin.generator.kind
+    assert tiny.measure.segmenter == builtin.measure.segmenter and tiny.counterfactual.pairs == builtin.counterfactual.pairs
+    assert tiny.sample.per_class < builtin.sample.per_class and tiny.generator.num_classes < builtin.generator.num_classes
