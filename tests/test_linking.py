@@ -90,3 +90,24 @@ def test_cosine_and_row_correlation_are_scale_invariant(dim, scale):
     b = rng.normal(size=(20, dim))
     np.testing.assert_allclose(cosine_similarity(a, b * scale), cosine_similarity(a, b), atol=1e-9)
     np.testing.assert_allclose(row_correlation(a, a * scale + 1), 1.0, atol=1e-9)
+
+
+def test_an_unusable_link_stops_with_its_numbers():
+    from linkstyle.config import from_dict
+    from linkstyle.stages.link import LinkUnusable, check_usable
+
+    cfg = from_dict({})  # 5 classes: chance cycle agreement 0.2
+
+    def metrics(r2: float, cycle: float) -> dict:
+        return {"classifier": "c", "n_train": 57, "n_test": 14, "units": 64,
+                "ridge": {"test": {"r2": r2, "cycle_agreement": cycle}}}
+
+    check_usable(cfg, metrics(0.3, 0.9))
+    with pytest.raises(LinkUnusable) as err:
+        check_usable(cfg, metrics(-0.005, 0.0))
+    text = str(err.value)
+    assert "R^2 on the 14 held-out samples is -0.005" in text and "cycle agreement is 0.000" in text
+    assert "(link.min_cycle_agreement: 0.200, chance)" in text and "57 samples for 64 units" in text
+    with pytest.raises(LinkUnusable, match="cycle agreement is 0.200"):
+        check_usable(cfg, metrics(0.3, 0.2))  # at chance is not above it
+    check_usable(from_dict({"link": {"min_test_r2": -1.0, "min_cycle_agreement": 0.0}}), metrics(-0.005, 0.1))

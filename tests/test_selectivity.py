@@ -17,6 +17,7 @@ from linkstyle.selectivity import (
     explanations,
     faithfulness,
     label_agreement,
+    label_in_top3,
     planted_recovery,
     population,
     selectivity_index,
@@ -219,6 +220,19 @@ def test_label_agreement_counts_units_labelled_by_either():
     a = pd.DataFrame({"unit": [0, 1, 2, 3], "concept": ["ear:area:+", NO_CONCEPT, "tail:width:+", NO_CONCEPT]})
     b = pd.DataFrame({"unit": [3, 2, 1, 0], "concept": [NO_CONCEPT, "tail:width:+", "body:area:+", "ear:area:+"]})
     assert label_agreement(a, b) == pytest.approx(2 / 3)
+
+
+def test_label_in_top3_forgives_near_ties_only():
+    a = pd.DataFrame({"unit": [0, 1, 2, 3, 4], "concept": ["eye:center_y:-", NO_CONCEPT, "tail:width:+", NO_CONCEPT,
+                                                           "body:area:+"]})
+    b = pd.DataFrame({"unit": [0, 1, 2, 3, 4], "concept": ["head:center_y:-", "ear:area:+", "tail:width:+", NO_CONCEPT,
+                                                           "leg:area:+"]})
+    explained = pd.DataFrame({"unit": [0, 0, 1, 4, 4, 4, 4], "rank": [1, 2, 1, 1, 2, 3, 4],
+                              "concept": ["head:center_y:-", "eye:center_y:-", "ear:area:+", "leg:area:+", "leg:width:+",
+                                          "leg:height:+", "body:area:+"]})
+    # unit 0: second item of the other; 1: none against a label; 2: same; 3: neither labelled; 4: fourth item only
+    assert label_in_top3(a, b, explained) == pytest.approx(2 / 4)
+    assert label_agreement(a, b) == pytest.approx(1 / 4)
 
 
 def test_planted_recovery_scores_label_and_rank():

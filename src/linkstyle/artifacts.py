@@ -132,7 +132,7 @@ SELECTIVITY_POPULATION: Columns = {
 SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
     "concept_agreement": "f", "top3_concept_agreement": "f", "chance_part_agreement": "f",
-    "chance_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f",
+    "chance_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f", "label_in_truth_top3": "f",
 }
 
 COUNTERFACTUAL_ITEMS: Columns = {

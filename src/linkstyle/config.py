@@ -69,8 +69,9 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
 #: link 2: the link model holds the back map w -> r. tune 2: sweeps along tune.direction, with each
 #: unit's R^2 from w; measure 2: entropy inside the part, CIELAB colour; selectivity 2: effects in
 #: reference spreads, ranked explanations with bootstrap confidence, gain; selectivity 3: the
-#: backdrop's shape leaves the explanations. actmax 2: with the units' sweeps along every direction.
-STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 3, "actmax": 2}
+#: backdrop's shape leaves the explanations; selectivity 4: recovery's label_in_truth_top3. actmax 2:
+#: with the units' sweeps along every direction.
+STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 4, "actmax": 2}
 
 
 class ConfigError(LinkstyleError, ValueError):
@@ -384,6 +385,8 @@ class LinkConfig:
     ridge_alphas: tuple[float, ...]
     cv_folds: int
     cycle_samples: int
+    min_test_r2: float = 0.0
+    min_cycle_agreement: float | None = None
 
 
 @dataclass(frozen=True)

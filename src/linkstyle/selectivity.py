@@ -441,6 +441,20 @@ def label_agreement(a: pd.DataFrame, b: pd.DataFrame) -> float:
     return float((la[either] == lb[either]).mean()) if either.any() else float("nan")
 
 
+def label_in_top3(units: pd.DataFrame, other: pd.DataFrame, other_explained: pd.DataFrame) -> float:
+    """Share of the units labelled in either analysis whose label is the other's or among the other's
+    first three explanation items (``none`` matches ``none`` only).
+
+    Beside :func:`label_agreement`, not instead of it: the first item is an argmax, and measures that
+    move together (an eye and the head it sits in) make near-ties that small mask errors flip."""
+    la = units.set_index("unit")["concept"]
+    lb = other.set_index("unit")["concept"].reindex(la.index)
+    first3 = other_explained[other_explained["rank"] <= 3].groupby("unit")["concept"].apply(set)
+    either = ((la != NO_CONCEPT) | (lb != NO_CONCEPT)).to_numpy()
+    hit = np.array([a == b or a in first3.get(int(u), set()) for u, a, b in zip(la.index, la, lb)], bool)
+    return float(hit[either].mean()) if either.any() else float("nan")
+
+
 def planted_recovery(units: pd.DataFrame, explained: pd.DataFrame, spec: Sequence[Mapping], masks: str) -> pd.DataFrame:
     """Planted units (classifier kind 'planted'): does the label name the planted property? One row per
     planted unit: its expected (part, property, sign) triples, the label, whether it is one of them,

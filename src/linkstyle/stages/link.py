@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 import torch
 
 from ..artifacts import LINK_MODEL, SELECT_ARRAYS, SELECT_TABLE
+from ..config import Config
+from ..errors import LinkstyleError
 from ..io import read_npz, read_parquet, write_json, write_npz
 from ..linking import (
     LinearLink,
@@ -23,6 +26,8 @@ from ..linking import (
 from ..runtime import autocast, run_batched
 from ..seeds import derive
 from .context import Context
+
+log = logging.getLogger("linkstyle")
 
 
 @torch.inference_mode()
@@ -58,6 +63,9 @@ def run_link(ctx: Context, name: str) -> None:
     table, arrays = read_select(ctx, name)
     train = (table["split"] == "train").to_numpy()
     r, w = arrays["r"].astype(np.float64), arrays["w"].astype(np.float64)
+    if train.sum() < r.shape[1]:
+        log.warning("classifier '%s': %d linked samples for %d units: the link is underdetermined (OLS interpolates, "
+                    "ridge leans on its penalty); draw more with sample.per_class", name, int(train.sum()), r.shape[1])
     links = {"ols": fit_ols(r[train], w[train])}
     links["ridge"], cv_scores = fit_ridge_cv(
         r[train], w[train], cfg.link.ridge_alphas, cfg.link.cv_folds, seed=derive(cfg.seed, "link", name) % 2**32
@@ -98,10 +106,36 @@ def run_link(ctx: Context, name: str) -> None:
         "train_r2": r2_score(r[train], back(w[train])),
         "test_r2": r2_score(r[~train], back(w[~train])),
     }
+    check_usable(cfg, metrics)
     made = ctx.origin("link", classifier=name)
     write_npz(paths.link_model(name), made, **links[cfg.link.method].with_back(back).to_arrays())
     write_json(metrics, paths.link_metrics(name), made)
     ctx.wrote(paths.link_model(name), paths.link_metrics(name))
+
+
+class LinkUnusable(LinkstyleError):
+    """A link no better than chance: every later stage would read noise."""
+
+
+def check_usable(cfg: Config, metrics: dict[str, Any]) -> None:
+    """Stop at the link, with its numbers, when it is no better than chance (``link.min_test_r2``,
+    ``link.min_cycle_agreement``) instead of sweeping, measuring and explaining noise for hours."""
+    test = metrics[cfg.link.method]["test"]
+    floor = cfg.link.min_cycle_agreement if cfg.link.min_cycle_agreement is not None else 1.0 / len(cfg.classes)
+    problems = []
+    if not test["r2"] > cfg.link.min_test_r2:
+        problems.append(f"R^2 on the {metrics['n_test']} held-out samples is {test['r2']:.3f} (link.min_test_r2: "
+                        f"{cfg.link.min_test_r2})")
+    if not test["cycle_agreement"] > floor:
+        problems.append(f"cycle agreement is {test['cycle_agreement']:.3f} (link.min_cycle_agreement: {floor:.3f}"
+                        f"{', chance' if cfg.link.min_cycle_agreement is None else ''})")
+    if problems:
+        raise LinkUnusable(
+            f"classifier '{metrics['classifier']}': the {cfg.link.method} link from r to w is unusable: "
+            + "; ".join(problems) + f". It was fitted on {metrics['n_train']} samples for {metrics['units']} units; "
+            "draw more samples (sample.per_class), check that the classifier gets the rendered images right "
+            "(select), or lower the floors if you mean to go on"
+        )
 
 
 def read_select(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

@@ -573,7 +573,7 @@ def run_report(ctx: Context) -> None:
                 row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
                                                          "top3_concept_agreement", "chance_part_agreement",
                                                          "chance_concept_agreement", "swept_iou",
-                                                         "label_agreement_with_truth")}
+                                                         "label_agreement_with_truth", "label_in_truth_top3")}
                 for row in recovery[recovery["part"] == "all"].itertuples()
             },
             "sweeps": sweep_summary(cfg, units, am_arrays),

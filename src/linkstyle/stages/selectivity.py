@@ -20,6 +20,7 @@ from ..selectivity import (
     Selectivity,
     concept_recovery,
     label_agreement,
+    label_in_top3,
     planted_recovery,
     summarise,
     top_units,
@@ -52,6 +53,8 @@ def run_selectivity(ctx: Context, name: str) -> None:
                                    res.explanations)
             other = analyses.get("truth") if source != "truth" else None
             rec["label_agreement_with_truth"] = label_agreement(res.units, other.units) if other is not None else float("nan")
+            rec["label_in_truth_top3"] = (label_in_top3(res.units, other.units, other.explanations) if other is not None
+                                          else float("nan"))
             frames.append(rec)
     recovery = pd.concat(frames, ignore_index=True) if frames else empty_table(SELECTIVITY_RECOVERY)
     spec = planted_spec(ctx, name)
