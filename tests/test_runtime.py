@@ -54,3 +54,25 @@ def test_asking_for_cuda_without_a_gpu_is_a_config_error():
     with pytest.raises(ConfigError, match="no CUDA GPU is visible"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_progress_in_a_log_is_lines_with_rate_and_eta():
+    """Not a terminal: one newline-terminated line per interval and one at the end, never a carriage return."""
+    import io
+
+    from linkstyle.runtime import LogProgress, progress
+
+    now = [0.0]
+    out = io.StringIO()
+    bar = LogProgress(100, "tune resnet18 shard 0", stream=out, interval=30.0, clock=lambda: now[0])
+    for _ in range(10):
+        now[0] += 10.0
+        bar.update(10)
+    bar.set_postfix(loss="0.123")
+    bar.close()
+    bar.close()  # once
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 4
+    assert lines[0] == "tune resnet18 shard 0: 30/100 img (30%), 1.0 img/s, 0:30 elapsed, ETA 1:10"
+    assert lines[-1].startswith("tune resnet18 shard 0: 100/100 img (100%)") and lines[-1].endswith("loss 0.123")
+    assert isinstance(progress(3, "x"), LogProgress)  # pytest captures stderr: not a terminal

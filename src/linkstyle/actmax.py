@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .classifiers.wrapper import Classifier
-from .runtime import batches
+from .runtime import batches, progress
 from .seeds import derive
 
 #: Square root of ImageNet's RGB covariance (as an SVD factor, from Olah et al. 2017, "Feature
@@ -224,10 +224,12 @@ def maximise(clf: Classifier, units: Sequence[int], size: int, *, settings: Actm
     clf.requires_grad_(False)  # gradients flow to the image only
     start = time.perf_counter()
     try:
-        for sl in batches(len(units), settings.batch_size):
-            img, act, hist = maximise_batch(clf, units[sl], size, settings, seeds[sl], device)
-            images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            activation[sl], history[sl] = act.numpy(), hist.numpy()
+        with progress(len(units), f"actmax {clf.name}", unit="unit") as bar:
+            for sl in batches(len(units), settings.batch_size):
+                img, act, hist = maximise_batch(clf, units[sl], size, settings, seeds[sl], device)
+                images[sl] = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                activation[sl], history[sl] = act.numpy(), hist.numpy()
+                bar.update(sl.stop - sl.start)
     finally:
         for p, flag in zip(clf.parameters(), trainable):
             p.requires_grad_(flag)

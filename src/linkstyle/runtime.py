@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from contextlib import nullcontext
-from typing import Callable, ContextManager, Iterator
+from typing import Any, Callable, ContextManager, Iterator
 
 import torch
 from tqdm import tqdm
@@ -81,13 +82,61 @@ def batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def progress(total: int, desc: str, unit: str = "img") -> tqdm:
-    """A progress bar on stderr that stays readable in log files (no bar redraw storms)."""
-    return tqdm(
-        total=total,
-        desc=desc,
-        unit=unit,
-        file=sys.stderr,
-        mininterval=2.0 if not sys.stderr.isatty() else 0.1,
-        dynamic_ncols=True,
-    )
+#: Seconds between two progress lines in a log file: a cluster log shows life at least this often.
+PROGRESS_INTERVAL = 30.0
+
+
+class LogProgress:
+    """Progress for a log file: newline-terminated lines ``desc: done/total (pct), rate, ETA``,
+    flushed as written, at most one per ``interval`` seconds (and one at the end). tqdm's bar
+    redraws with carriage returns, which a log viewer, ``less`` or ``grep`` show as one long line."""
+
+    def __init__(self, total: int, desc: str, unit: str = "img", interval: float = PROGRESS_INTERVAL,
+                 stream: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.desc, self.unit, self.interval = int(total), desc, unit, interval
+        self.stream, self.clock = stream if stream is not None else sys.stderr, clock
+        self.n, self.start = 0, clock()
+        self.last = self.start
+        self.closed = False
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self.last >= self.interval:
+            self.last = now
+            self._write(now)
+
+    def set_postfix(self, refresh: bool = False, **values: object) -> None:
+        """As tqdm's: values shown at the end of the next line (e.g. the running loss)."""
+        self.postfix = ", ".join(f"{k} {v}" for k, v in values.items())
+
+    def _write(self, now: float) -> None:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.n / elapsed
+        pct = f" ({100.0 * self.n / self.total:.0f}%)" if self.total else ""
+        left = (self.total - self.n) / rate if rate > 0 and self.total >= self.n else float("nan")
+        eta = "?" if left != left else f"{int(left) // 60}:{int(left) % 60:02d}"
+        self.stream.write(f"{self.desc}: {self.n}/{self.total} {self.unit}{pct}, {rate:.1f} {self.unit}/s, "
+                          f"{int(elapsed) // 60}:{int(elapsed) % 60:02d} elapsed, ETA {eta}"
+                          + (f", {self.postfix}" if self.postfix else "") + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._write(self.clock())
+
+    def __enter__(self) -> "LogProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def progress(total: int, desc: str, unit: str = "img") -> "tqdm | LogProgress":
+    """A progress bar on a terminal; in a log file (a Snakemake job, a SLURM job), a line per
+    :data:`PROGRESS_INTERVAL` seconds."""
+    if not sys.stderr.isatty():
+        return LogProgress(total, desc, unit)
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, mininterval=0.1, dynamic_ncols=True)

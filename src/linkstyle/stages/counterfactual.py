@@ -36,7 +36,7 @@ from ..counterfactual import (
     rendered_logits,
 )
 from ..io import empty_table, read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
-from ..runtime import autocast, run_batched
+from ..runtime import autocast, progress, run_batched
 from .context import Context
 from .link import load_link, read_select
 
@@ -204,14 +204,17 @@ def run_counterfactual(ctx: Context, name: str) -> None:
         clf.requires_grad_(False)  # gradients flow to the shift only
         render = rendered_logits(gen, clf, cfg.precision)
     parts = []
-    for lo in range(0, len(rows), cc.batch_size):
-        sl = slice(lo, lo + cc.batch_size)
-        parts.append(find_counterfactuals(
-            torch.from_numpy(r[rows[sl]]).to(dev), torch.from_numpy(origin[sl]).to(dev), torch.from_numpy(target[sl]).to(dev),
-            head, torch.from_numpy(link.coef).to(dev), torch.from_numpy(link.intercept).to(dev),
-            None if render is not None else check, settings,  # scoring the rendering checks every step itself
-            back=back, render=render, render_batch=cfg.generator.batch_size,
-        ))
+    with progress(len(rows), f"counterfactual {name}", unit="item") as bar:
+        for lo in range(0, len(rows), cc.batch_size):
+            sl = slice(lo, lo + cc.batch_size)
+            parts.append(find_counterfactuals(
+                torch.from_numpy(r[rows[sl]]).to(dev), torch.from_numpy(origin[sl]).to(dev),
+                torch.from_numpy(target[sl]).to(dev), head, torch.from_numpy(link.coef).to(dev),
+                torch.from_numpy(link.intercept).to(dev),
+                None if render is not None else check, settings,  # scoring the rendering checks every step itself
+                back=back, render=render, render_batch=cfg.generator.batch_size,
+            ))
+            bar.update(len(parts[-1]))
     res = CounterfactualResult.concat(parts)
     log.info("%s: %d counterfactuals over %d pairs, success %.2f", name, len(res), len(pairs), res.success_rate)
 
