@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,7 +17,7 @@ from linkstyle.config import load_config
 from linkstyle.measures import PROPERTIES
 from linkstyle.paths import RunPaths
 
-from .conftest import TINY, run_snakemake
+from .conftest import REPO, TINY, run_snakemake
 
 N_PARTS = 8
 
@@ -329,3 +331,17 @@ def test_figures_name_the_stage_to_run_when_an_artifact_is_missing(tiny_run, tmp
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "counterfactual/regnet/metrics.json" in proc.stderr and "linkstyle counterfactual --classifier regnet" in proc.stderr
     assert paths.figure("linking").stat().st_mtime_ns == before  # checked before drawing anything
+
+
+def test_jobs_run_with_snakemakes_own_python_without_a_path_prefix(tmp_path):
+    """`.venv/bin/snakemake` alone: the jobs find the venv's Python (and this checkout's package)
+    although the venv is not on PATH and the system Python has no torch."""
+    cfg = load_config(REPO / ".test" / "config" / "config.yaml")
+    target = str(RunPaths(cfg.run_dir).samples(0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), target, "--directory", str(tmp_path),
+                           "--configfile", str(REPO / ".test" / "config" / "config.yaml"), "--cores", "1"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (tmp_path / target).exists()

@@ -42,11 +42,13 @@ def write_resolved_config():
             raise WorkflowError(str(exc)) from None
 
 
-# Jobs run `python -m linkstyle <stage>` in their own Python (the venv's, or the conda env's with
-# --sdm conda, which does not install the package): this checkout's src/ goes first on the path of
-# every job, local or on a cluster node (where Snakemake parses this file again before the job).
+# Jobs run `python -m linkstyle <stage>`: without conda, Snakemake's own Python (so `.venv/bin/snakemake`
+# needs no PATH prefix); with --sdm conda, the env's, whose activation goes first on PATH. The env does
+# not install the package, so this checkout's src/ goes first on every job's Python path, local or
+# on a cluster node (where Snakemake parses this file again before the job).
 os.environ.update(
-    PYTHONPATH=os.pathsep.join([str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+    PATH=os.pathsep.join([str(Path(sys.executable).parent), *filter(None, [os.environ.get("PATH")])]),
+    PYTHONPATH=os.pathsep.join([str(Path(workflow.basedir) / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]),
 )
 
 
