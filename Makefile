@@ -7,16 +7,21 @@ STAMP  := $(VENV)/.linkstyle-installed
 CORES  ?= 2
 SNAKEMAKE_ARGS ?=
 
-.PHONY: install run dry-run lint test test-fast clean-results
+.PHONY: install lock run dry-run lint test test-fast clean-results
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
+
+# Write the installed versions to constraints.txt (after changing a dependency; then update envs/linkstyle.yaml).
+lock: $(STAMP)
+	{ sed -n '/^#/p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|torchvision|triton|pip|setuptools|wheel|linkstyle)==|^nvidia-'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The whole pipeline on config/config.yaml; results/<run>/report.html at the end.
 run: $(STAMP)
