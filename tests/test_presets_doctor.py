@@ -45,6 +45,7 @@ def test_doctor_lists_what_is_missing_and_where_it_comes_from(tmp_path):
     assert proc.returncode == 1
     assert "[MISSING] generator: StyleGAN network pickle" in proc.stdout
     assert "github.com/autonomousvision/stylegan-xl" in proc.stdout
+    assert "avg-projects/stylegan_xl/models/imagenet256.pkl" in proc.stdout  # the paper's pickle, directly
     assert "resnet50-0676ba61.pth" in proc.stdout and "download.pytorch.org" in proc.stdout
 
 

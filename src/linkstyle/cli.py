@@ -99,20 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the built-in world, config/config.yaml). Keys no file sets take the schema's defaults.")
     common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set tune.n_steps=5 (repeatable)")
-    common.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: config 'threads')")
     common.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    # Only the commands that run networks take a thread count.
+    working = argparse.ArgumentParser(add_help=False, parents=[common])
+    working.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: config 'threads')")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, args) in STAGES.items():
-        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p = sub.add_parser(name, parents=[working], help=help_text, description=help_text)
         for arg, typ, arg_help in args:
             p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
     label_help = "Export images to label for the part segmenter, or import the label maps (docs/segmentation.md)."
     p = sub.add_parser("label", help=label_help, description=label_help)
     label_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    label_sub.add_parser("export", parents=[common], help="Render segmentation.export_images images into <run>/labels/images/ "
-                         "(and their exact masks into labels/truth/ on the built-in world).")
-    label_sub.add_parser("import", parents=[common], help="Check the PNG label maps in segmentation.labels against the exported "
-                         "images and measure.parts, and pack them for training.")
+    export_help = ("Render segmentation.export_images images (and segmentation.sweep_images from the sweeps) into "
+                   "<run>/labels/images/, and their exact masks into labels/truth/ on the built-in world.")
+    import_help = ("Check the PNG label maps in segmentation.labels against the exported images and measure.parts, "
+                   "and pack them for training.")
+    label_sub.add_parser("export", parents=[working], help=export_help, description=export_help)
+    label_sub.add_parser("import", parents=[working], help=import_help, description=import_help)
     p = sub.add_parser("config", parents=[common], help="Validate a config and print it with every default filled in.",
                        description="Validate a config and print it with every default filled in.")
     p = sub.add_parser("doctor", parents=[common],

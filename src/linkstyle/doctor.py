@@ -12,8 +12,10 @@ from .config import Config
 from .paths import RunPaths
 
 STYLEGAN_SOURCES = (
-    "the official pickles are listed in the README of github.com/autonomousvision/stylegan-xl "
-    "(StyleGAN-XL) or github.com/NVlabs/stylegan3 (StyleGAN3, StyleGAN2)"
+    "the paper's StyleGAN-XL ImageNet-256: "
+    "https://s3.eu-central-1.amazonaws.com/avg-projects/stylegan_xl/models/imagenet256.pkl; other official "
+    "pickles are listed in the README of github.com/autonomousvision/stylegan-xl (StyleGAN-XL) or "
+    "github.com/NVlabs/stylegan3 (StyleGAN3, StyleGAN2)"
 )
 
 
@@ -125,11 +127,13 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
     if cfg.measure.segmenter == "learned" and (cfg.segmentation.labels or gen.kind != "critters"):
         # Not required before the run: the run itself exports the images to label, and stops at
         # label_import until the maps are there.
-        folder = Path(cfg.segmentation.labels or paths.labels_dir / "(segmentation.labels not set)")
-        count = len(list(folder.glob("*.png"))) if folder.is_dir() else 0
-        problem = "" if count >= cfg.segmentation.min_labelled or not folder.is_dir() else (
+        folder = Path(cfg.segmentation.labels) if cfg.segmentation.labels else None
+        count = len(list(folder.glob("*.png"))) if folder is not None and folder.is_dir() else 0
+        problem = "" if folder is None or count >= cfg.segmentation.min_labelled or not folder.is_dir() else (
             f"{count} PNG label maps, fewer than segmentation.min_labelled={cfg.segmentation.min_labelled}")
-        out.append(Asset("part segmenter: your label maps (PNG index images)", str(folder), folder.is_dir(), False,
+        shown = str(folder) if folder is not None else "segmentation.labels: not set yet"
+        out.append(Asset("part segmenter: your label maps (PNG index images)", shown,
+                         folder is not None and folder.is_dir(), False,
                          f"label the images that `linkstyle label export` writes to {paths.labels_dir / 'images'} "
                          "and set segmentation.labels (docs/segmentation.md)", problem))
     return out

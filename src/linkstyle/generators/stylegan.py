@@ -590,7 +590,7 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
     elsewhere = (
         "On a machine where legacy.load_network_pkl reads this pickle (for StyleGAN-XL: "
         "timm==0.4.12 and the checkout's requirements installed), run "
-        f"`linkstyle convert-stylegan {path} OUT.pkl`, which keeps only G_ema, "
+        f"`linkstyle convert-stylegan {path} OUT.pkl --repo CHECKOUT`, which keeps only G_ema, "
         "and point generator.pickle at OUT.pkl"
     )
     try:
@@ -624,7 +624,7 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
     advice = (
         ""
         if converting
-        else f" To skip this step on every load, run `linkstyle convert-stylegan {path} OUT.pkl` "
+        else f" To skip this step on every load, run `linkstyle convert-stylegan {path} OUT.pkl --repo CHECKOUT` "
         "once and point generator.pickle at OUT.pkl."
     )
     warnings.warn(

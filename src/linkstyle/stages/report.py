@@ -192,6 +192,11 @@ def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, pat
     return _save(fig, path)
 
 
+def _share(v: float) -> str:
+    """A share as a short label: '12%', '0.4%'."""
+    return f"{100 * v:.0f}%" if v >= 0.095 else f"{100 * v:.1f}%"
+
+
 def figure_population(population: pd.DataFrame, units: pd.DataFrame, name: str, threshold: float, path: Path) -> bytes:
     """Faithfulness and selectivity of all units, and which parts and properties the labels name."""
     fig, axes = plt.subplots(1, 4, figsize=(18, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
@@ -205,14 +210,21 @@ def figure_population(population: pd.DataFrame, units: pd.DataFrame, name: str, 
     axes[1].set_title("selectivity index", fontsize=9)
     axes[1].legend(fontsize=7)
     per_part = population[(population["property"] == "*") & (population["part"] != "*")]
-    axes[2].bar(per_part["part"].tolist(), per_part["share"], color=PALETTE[2], label="all units")
+    shares = axes[2].bar(per_part["part"].tolist(), per_part["share"], color=PALETTE[2], label="all units")
     axes[2].bar(per_part["part"].tolist(), per_part["n_selective_faithful"] / max(len(units), 1), color=PALETTE[1], label="faithful")
+    axes[2].bar_label(shares, labels=[_share(v) for v in per_part["share"]], fontsize=6, padding=1)
     axes[2].set_title("share of units labelled, per part", fontsize=9)
     axes[2].tick_params(axis="x", rotation=45, labelsize=8)
     axes[2].legend(fontsize=7)
     pairs = population[(population["part"] != "*") & (population["property"] != "*")]
     heat = pairs.pivot_table(index="part", columns="property", values="share", aggfunc="first", sort=False)
-    im = axes[3].imshow(heat.to_numpy(), aspect="auto", cmap="viridis")
+    grid = heat.to_numpy(dtype=float)
+    im = axes[3].imshow(grid, aspect="auto", cmap="viridis", vmin=0.0)
+    top = np.nanmax(grid) if np.isfinite(grid).any() else 0.0
+    for (i, j), v in np.ndenumerate(grid):  # the numbers, not only the colours: small shares look alike
+        if np.isfinite(v) and v > 0:
+            axes[3].text(j, i, _share(v), ha="center", va="center", fontsize=5,
+                         color="black" if v > 0.6 * top else "white")
     axes[3].set_xticks(range(heat.shape[1]), heat.columns, rotation=60, fontsize=7)
     axes[3].set_yticks(range(heat.shape[0]), heat.index, fontsize=8)
     axes[3].set_title("share of units labelled part:property", fontsize=9)
@@ -263,7 +275,10 @@ def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
         for i, (clf, masks) in enumerate(groups):
             rows = recovery[(recovery["classifier"] == clf) & (recovery["masks"] == masks)].set_index("part").reindex(parts)
             pos = x + i * width - 0.4 + width / 2
-            ax.bar(pos, rows[f"{what}_agreement"], width, color=PALETTE[i % len(PALETTE)], label=f"{clf}, {masks} masks")
+            values = rows[f"{what}_agreement"]
+            bars = ax.bar(pos, values.fillna(0.0), width, color=PALETTE[i % len(PALETTE)], label=f"{clf}, {masks} masks")
+            # a zero and a part without labelled units must not look alike
+            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in values], fontsize=5, padding=1)
             ax.scatter(pos, rows[f"chance_{what}_agreement"], marker="_", color="k", s=60, zorder=3,
                        label="chance" if i == 0 else None)
         ax.set_xticks(x, [f"{p}\n(n={int(recovery.loc[recovery['part'] == p, 'n_labelled'].max())})" for p in parts], fontsize=7)
