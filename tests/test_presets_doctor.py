@@ -134,3 +134,45 @@ def test_doctor_loads_a_stylegan_pickle_to_check_its_classes(tmp_path):
     raw["generator"]["num_classes"] = 5
     bad = [a for a in assets(from_dict(raw), deep=True) if "network pickle" in a.what][0]
     assert "the network has 3 classes, generator.num_classes says 5" in bad.problem
+
+
+class _Bomb:
+    """Unpickling this writes a file: a stand-in for the code a pickle may run."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pinned_digest_stops_a_foreign_pickle_before_it_is_unpickled(tmp_path):
+    import hashlib
+    import pickle
+
+    from linkstyle.generators import GENERATOR_KINDS
+    from linkstyle.io import UntrustedFile, check_sha256
+
+    marker = tmp_path / "ran"
+    pkl = tmp_path / "G.pkl"
+    pkl.write_bytes(pickle.dumps(_Bomb(str(marker))))
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "legacy.py").write_text("")
+    good = hashlib.sha256(pkl.read_bytes()).hexdigest()
+    check_sha256(pkl, good.upper(), "generator.sha256")  # the right digest passes, in either case
+    cfg = from_dict({"generator": {"kind": "stylegan", "pickle": str(pkl), "repo": str(tmp_path / "repo"), "num_classes": 3,
+                                   "sha256": "0" * 64}, "measure": {"segmenter": "whole_image"},
+                     "classifiers": [{"name": "ts", "kind": "torchscript", "path": str(tmp_path / "m.pt"), "num_units": 8}]})
+    with pytest.raises(UntrustedFile) as err:
+        GENERATOR_KINDS["stylegan"](cfg.generator, 0)
+    assert good in str(err.value) and "0" * 64 in str(err.value) and "generator.sha256" in str(err.value)
+    # doctor's deep check does not load it either, says why, and prints the digest to pin
+    items = assets(cfg, deep=True)
+    gen = next(a for a in items if "network pickle" in a.what)
+    assert "pins" in gen.problem and not marker.exists()
+    from linkstyle.doctor import report
+
+    assert f"sha256: {good}" in report(items)
+    with pytest.raises(ConfigError, match="sha256"):
+        from_dict({"generator": {"kind": "stylegan", "pickle": "a", "repo": "b", "sha256": "abc"},
+                   "measure": {"segmenter": "whole_image"}})

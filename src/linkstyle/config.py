@@ -333,6 +333,7 @@ class GeneratorConfig:
     pickle: str | None = None
     repo: str | None = None
     weights_dir: str | None = None
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,7 @@ class ClassifierConfig:
     # never change a trained classifier, and older entries keep their param (classifiers.smk adds base).
     base: str | None = field(default=None, repr=False)
     units: str | tuple[int, ...] | None = field(default=None, repr=False)
+    sha256: str | None = field(default=None, repr=False)  # checked on load; never changes the network
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,17 @@ def _stylegan_problem(cfg: Config) -> str:
     return ""
 
 
+def _digest_problem(path: Path, expected: str | None, key: str) -> str:
+    """A pinned digest that the file does not have (checked before anything opens the file)."""
+    from .io import file_sha256
+
+    if not expected or not path.is_file():
+        return ""
+    actual = file_sha256(path)
+    return "" if actual == expected.lower() else (
+        f"SHA-256 {actual}, but {key} pins {expected.lower()}: not the file this config trusts (not loaded)")
+
+
 def _pickle_problem(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(2)
@@ -85,7 +96,7 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
         present = pkl.is_file()
         repo = Path(gen.repo or "")
         has_legacy = (repo / "legacy.py").is_file()
-        problem = _pickle_problem(pkl) if present else ""
+        problem = (_digest_problem(pkl, gen.sha256, "generator.sha256") or _pickle_problem(pkl)) if present else ""
         if deep and present and not problem and has_legacy:
             problem = _stylegan_problem(cfg)
         out.append(Asset("generator: StyleGAN network pickle", str(pkl), present, True, STYLEGAN_SOURCES, problem))
@@ -108,22 +119,25 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
             from .classifiers.torchvision_kind import weights_asset
 
             info = weights_asset(clf.arch, clf.weights)
-            problem = _head_problem(Path(info["path"]), cfg.classes) if deep and info["present"] else ""
+            problem = _digest_problem(Path(str(info["path"])), clf.sha256, f"classifiers[{clf.name}].sha256")
+            if deep and info["present"] and not problem:
+                problem = _head_problem(Path(info["path"]), cfg.classes)
             out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
                              not clf.allow_download, str(info["source"]), problem))
         elif clf.kind == "timm":
             from .classifiers.timm_kind import timm_weights_asset
 
             info = timm_weights_asset(clf.arch, clf.weights)
-            problem = ""
-            if deep and info["present"] and not str(info["path"]).endswith(".safetensors"):
+            problem = _digest_problem(Path(str(info["path"])), clf.sha256, f"classifiers[{clf.name}].sha256")
+            if deep and info["present"] and not problem and not str(info["path"]).endswith(".safetensors"):
                 problem = _head_problem(Path(info["path"]), cfg.classes)
             out.append(Asset(f"classifier {clf.name}: {info['what']}", str(info["path"]), bool(info["present"]),
                              not clf.allow_download, str(info["source"]), problem))
         elif clf.kind == "torchscript":
             path = Path(clf.path or "")
             out.append(Asset(f"classifier {clf.name}: TorchScript module with features(x) and head(r)", str(path),
-                             path.is_file(), True, "your own torch.jit.script(...).save(path) (see docs)"))
+                             path.is_file(), True, "your own torch.jit.script(...).save(path) (see docs)",
+                             _digest_problem(path, clf.sha256, f"classifiers[{clf.name}].sha256")))
     if cfg.measure.segmenter == "learned" and (cfg.segmentation.labels or gen.kind != "critters"):
         # Not required before the run: the run itself exports the images to label, and stops at
         # label_import until the maps are there.
@@ -145,6 +159,10 @@ def report(items: list[Asset]) -> str:
         mark = "ok     " if a.present and not a.problem else ("MISSING" if a.required and not a.present else
                                                              "INVALID" if a.problem else "later  ")
         lines.append(f"[{mark}] {a.what}\n          {a.path}")
+        if a.present and Path(a.path).is_file() and a.what.split(":")[0] != "part segmenter":
+            from .io import file_sha256
+
+            lines.append(f"          sha256: {file_sha256(a.path)}")  # to pin it: generator.sha256 / classifiers[].sha256
         if a.problem:
             lines.append(f"          problem: {a.problem}")
         if not a.present or a.problem:

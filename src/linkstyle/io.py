@@ -106,6 +106,36 @@ _OS_ADVICE = {
 USER_ERRNOS = frozenset(_OS_ADVICE)
 
 
+class UntrustedFile(LinkstyleError):
+    """A weights file whose digest is not the one the config pins: it is never loaded."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The SHA-256 of a file, read in 4 MiB chunks (network pickles are gigabytes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | Path, expected: str | None, key: str) -> None:
+    """Before a file is unpickled or loaded: stop unless it is the file ``key`` (a config key) pins.
+
+    A pickle runs code while it loads, so a file that is not the expected one must never reach the
+    loader. ``expected`` None: nothing pinned, nothing checked."""
+    if not expected:
+        return
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise UntrustedFile(
+            f"{key}: {path} has SHA-256 {actual}, but the config pins {expected.lower()}; it was not loaded "
+            f"(a pickle runs code when loaded). Check where the file came from; if you trust it, set {key} to its digest"
+        )
+
+
 def os_error_message(exc: OSError, path: str | Path | None = None, action: str = "write") -> str:
     """'cannot write X: No space left on device; <what to do>' for any OSError."""
     where = path if path is not None else exc.filename

@@ -57,21 +57,32 @@ def _load_planted(cfg: Config, clf: ClassifierConfig, device: torch.device) -> C
     return planted
 
 
-def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
-    from .torchvision_kind import load_torchvision
+def _pinned(clf: ClassifierConfig, path: str | Path | None) -> None:
+    """The file a classifier loads, checked against its ``sha256`` before it is read."""
+    from ..io import check_sha256
 
+    if clf.sha256 and path is not None and Path(path).is_file():
+        check_sha256(path, clf.sha256, f"classifiers[{clf.name}].sha256")
+
+
+def _load_torchvision(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
+    from .torchvision_kind import load_torchvision, weights_asset
+
+    _pinned(clf, weights_asset(clf.arch, clf.weights)["path"])
     return load_torchvision(clf.arch, clf.weights, name=clf.name, device=device, allow_download=clf.allow_download)
 
 
 def _load_timm(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
     from .timm_kind import load_timm
 
+    _pinned(clf, clf.weights)
     return load_timm(clf.arch, clf.weights, name_in_config=clf.name, device=device, allow_download=clf.allow_download)
 
 
 def _load_torchscript(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Classifier:
     from .torchscript_kind import load_torchscript
 
+    _pinned(clf, clf.path)
     return load_torchscript(clf.path, name=clf.name, device=device)  # type: ignore[return-value,arg-type]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 from ..config import ConfigError, GeneratorConfig
@@ -28,8 +29,11 @@ def _checked(load: Callable[[], Generator], cfg: GeneratorConfig, source: object
 
 
 def _stylegan(cfg: GeneratorConfig, seed: int) -> Generator:
+    from ..io import check_sha256
     from .stylegan import load_stylegan
 
+    if cfg.pickle and Path(cfg.pickle).is_file():
+        check_sha256(cfg.pickle, cfg.sha256, "generator.sha256")  # before anything is unpickled
     return _checked(lambda: load_stylegan(cfg.pickle, cfg.repo), cfg, cfg.pickle)  # type: ignore[arg-type]
 
 
