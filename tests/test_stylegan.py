@@ -361,6 +361,20 @@ def test_clear_errors(nets, tmp_path) -> None:
     with pytest.raises(ImportError, match=r"click_not_installed_here.*checkout's own requirements"):
         load_stylegan(pkl, needs_more)
 
+    # A module the network's own code imports while it is rebuilt (stylegan3's torch_utils imports
+    # pkg_resources): the error names it first, and says the environment, not the file, is the problem.
+    # The pickle carries its modules' source, so the module goes missing between pickling and loading.
+    needs_module = shutil.copytree(repo, tmp_path / "repo_needs_module")
+    (needs_module / "pkg_resources_not_here.py").write_text("")
+    networks_py = needs_module / "training" / "networks.py"
+    networks_py.write_text(networks_py.read_text().replace("import numpy as np\n", "import numpy as np\nimport pkg_resources_not_here  # noqa: F401\n", 1))
+    needs_pkl = write_standin_pickle(needs_module, tmp_path / "needs_module.pkl")
+    (needs_module / "pkg_resources_not_here.py").unlink()
+    with pytest.raises(StyleGANLoadError, match=r"lacks the module 'pkg_resources_not_here'.*\[stylegan\]") as err:
+        load_stylegan(needs_pkl, needs_module)
+    assert str(err.value).index("lacks the module") < str(err.value).index("legacy.load_network_pkl")
+    assert "convert-stylegan" not in str(err.value)
+
     no_g_ema = tmp_path / "no_g_ema.pkl"
     no_g_ema.write_bytes(pickle.dumps({"G": torch.nn.Linear(2, 2), "D": torch.nn.Linear(2, 2)}))
     with pytest.raises(ValueError, match=r"no_g_ema.pkl holds no 'G_ema' generator \(found \['D', 'G'\]\)"):

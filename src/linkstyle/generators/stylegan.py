@@ -569,6 +569,17 @@ def _summary(failures: Sequence[str], keep: int = 3) -> str:
     return shown + (f"; and {len(failures) - keep} more" if len(failures) > keep else "")
 
 
+def _missing_module(exc: BaseException | None) -> str | None:
+    """The module a failed load could not import, anywhere in the exception's chain; None if none."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ModuleNotFoundError) and exc.name:
+            return exc.name
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -> dict[str, Any]:
     """The pickle's dict via ``legacy.load_network_pkl``; if that raises, read again with
     the tolerant unpickler and keep the result only if G_ema came through whole."""
@@ -587,6 +598,19 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
         return data
 
     reason = f"{type(official_error).__name__}: {official_error}"
+    # A module that neither this environment nor the checkout has: the environment is the root cause
+    # (not the file), and it must lead the message, before the KeyErrors of the half-executed modules
+    # that torch_utils.persistence caches. Only if G_ema cannot be rebuilt: a discriminator's needs are skipped.
+    missing = _missing_module(official_error)
+    checkout = Path(getattr(legacy, "__file__", ".")).parent
+    if missing is not None and ((checkout / missing.split(".")[0]).exists() or (checkout / f"{missing.split('.')[0]}.py").exists()):
+        missing = None  # a module of the checkout itself: an incomplete checkout, not the environment
+    lacks = (
+        f"this Python environment lacks the module '{missing}', which the official code imports while it "
+        "rebuilds the network; install it (`pip install -e '.[stylegan]'` brings pkg_resources, click and "
+        "requests) and run again: the file itself may be fine. "
+        if missing is not None else ""
+    )
     elsewhere = (
         "On a machine where legacy.load_network_pkl reads this pickle (for StyleGAN-XL: "
         "timm==0.4.12 and the checkout's requirements installed), run "
@@ -604,8 +628,8 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
         ) from official_error
     except Exception as exc:
         raise StyleGANLoadError(
-            f"cannot load {path}: legacy.load_network_pkl failed ({reason}), and so did reading "
-            f"G_ema alone ({type(exc).__name__}: {exc}). {elsewhere}"
+            f"cannot load {path}: {lacks}legacy.load_network_pkl failed ({reason}), and so did reading "
+            f"G_ema alone ({type(exc).__name__}: {exc}). {'' if lacks else elsewhere}"
         ) from official_error
     if not isinstance(data, dict) or "G_ema" not in data:
         keys = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
@@ -616,9 +640,9 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
     broken = _skipped_inside(G) if isinstance(G, nn.Module) else [repr(G)]
     if broken:
         raise StyleGANLoadError(
-            f"cannot load {path}: G_ema itself could not be rebuilt "
+            f"cannot load {path}: {lacks}G_ema itself could not be rebuilt "
             f"({_summary(unpickler.failures or broken)}); legacy.load_network_pkl "
-            f"said: {reason}. Install what is missing, or: {elsewhere}"
+            f"said: {reason}." + ("" if lacks else f" Install what is missing, or: {elsewhere}")
         ) from official_error
     skipped = sorted(str(k) for k, v in data.items() if k != "G_ema" and _skipped_inside(v))
     advice = (
