@@ -130,3 +130,37 @@ def test_a_class_name_typo_fails_in_the_cli_and_the_dry_run_within_seconds(tmp_p
     assert seconds < 3.0, seconds
     proc = run_snakemake("--directory", str(tmp_path), "--configfile", str(bad), "-n")
     assert proc.returncode != 0 and "unknown target class name 'dgo'" in proc.stdout + proc.stderr
+
+
+def _schema_keys(props: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, spec in props.items():
+        name = f"{prefix}{key}"
+        if spec.get("type") == "object" and "properties" in spec:
+            out.update(_schema_keys(spec["properties"], name + "."))
+        elif spec.get("type") == "array" and "properties" in (spec.get("items") or {}):
+            out[name] = spec
+            out.update(_schema_keys(spec["items"]["properties"], name + "[]."))
+        else:
+            out[name] = spec
+    return out
+
+
+def test_the_config_table_documents_every_key_with_its_default():
+    """config/README.md's table and the schema name the same keys, and a default written as one literal
+    is the schema's (ranges such as [0.001 … 1000] are left to the eye)."""
+    import re
+
+    import yaml
+
+    from .conftest import REPO
+
+    keys = _schema_keys(schema()["properties"])
+    rows = dict(re.findall(r"^\| `([^`]+)` \| (.*?) \|", (REPO / "config" / "README.md").read_text(), re.M))
+    assert set(keys) == set(rows), (sorted(set(keys) - set(rows)), sorted(set(rows) - set(keys)))
+    wrong = []
+    for key, cell in rows.items():
+        literal = re.fullmatch(r"`([^`…]*)`", cell.strip())
+        if literal and "default" in keys[key] and yaml.safe_load(literal.group(1)) != keys[key]["default"]:
+            wrong.append((key, literal.group(1), keys[key]["default"]))
+    assert not wrong, wrong
