@@ -278,11 +278,13 @@ def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
             values = rows[f"{what}_agreement"]
             bars = ax.bar(pos, values.fillna(0.0), width, color=PALETTE[i % len(PALETTE)], label=f"{clf}, {masks} masks")
             # a zero and a part without labelled units must not look alike
-            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in values], fontsize=5, padding=1)
+            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in values], fontsize=5, padding=2,
+                         rotation=90)
             ax.scatter(pos, rows[f"chance_{what}_agreement"], marker="_", color="k", s=60, zorder=3,
                        label="chance" if i == 0 else None)
         ax.set_xticks(x, [f"{p}\n(n={int(recovery.loc[recovery['part'] == p, 'n_labelled'].max())})" for p in parts], fontsize=7)
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.18)  # room for the values above full bars
+        ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_title(f"{what} agreement of labels with the dominant ground-truth factor", fontsize=9)
     axes[0].set_ylabel("share of labelled units", fontsize=8)
     axes[1].legend(fontsize=7, ncol=2)
