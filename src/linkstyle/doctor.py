@@ -69,14 +69,16 @@ def _stylegan_problem(cfg: Config) -> str:
 
 
 def _digest_problem(path: Path, expected: str | None, key: str) -> str:
-    """A pinned digest that the file does not have (checked before anything opens the file)."""
-    from .io import file_sha256
+    """A pinned digest that the file does not have (io.check_sha256, before anything opens the file)."""
+    from .io import UntrustedFile, check_sha256
 
     if not expected or not path.is_file():
         return ""
-    actual = file_sha256(path)
-    return "" if actual == expected.lower() else (
-        f"SHA-256 {actual}, but {key} pins {expected.lower()}: not the file this config trusts (not loaded)")
+    try:
+        check_sha256(path, expected, key)
+    except UntrustedFile as exc:
+        return str(exc)
+    return ""
 
 
 def _pickle_problem(path: Path) -> str:
