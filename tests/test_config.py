@@ -106,6 +106,23 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+def test_a_config_problem_names_the_file_and_line_that_set_the_key(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("seed: 1\ntune:\n  bounds: minmax\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("# comment\ncounterfactual:\n  pairs:\n    - [fox, cat]\n    - [fox, dgo]\ntune:\n  bounds: median\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([base, top])
+    assert f"tune.bounds: 'median' is not allowed; valid values: minmax, percentile ({top}:7)" in str(err.value)
+    top.write_text("counterfactual:\n  pairs:\n    - [fox, cat]\n    - [fox, dgo]\n")
+    with pytest.raises(ConfigError) as err:
+        load_config([base, top])
+    assert f"unknown target class name 'dgo'; the critters world's 5 classes are fox, cat, mouse, lizard, badger ({top}:4)" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # a value the command line set is named as such, not the file
+        load_config([base], {"tune": {"bounds": "median"}})
+    assert str(err.value).endswith("(--set)")
+
+
 def test_a_class_name_typo_in_the_builtin_world_fails_when_the_config_loads():
     with pytest.raises(ConfigError) as err:
         from_dict({"counterfactual": {"pairs": [["fox", "cta"], ["Fox", "mouse"]]}, "classes": [0, 1]})

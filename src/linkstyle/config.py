@@ -568,14 +568,78 @@ def from_dict(raw: Mapping[str, Any] | None) -> Config:
 def load_config(path: str | Path | Sequence[str | Path] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Config:
     """Read YAML config files (one path, several merged in order, or none: all schema defaults),
-    apply ``overrides`` on top, validate."""
+    apply ``overrides`` on top, validate. A problem names the file and line that set the key."""
     paths = [] if path is None else [path] if isinstance(path, (str, Path)) else list(path)
     raw: dict[str, Any] = {}
     for one in paths:
         raw = deep_merge(raw, load_yaml(one))
     if overrides:
         raw = deep_merge(raw, overrides)
-    return from_dict(raw)
+    try:
+        return from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(with_locations(str(exc), paths, overrides)) from None
+
+
+def with_locations(message: str, files: Sequence[str | Path], overrides: Mapping[str, Any] | None = None,
+                   overrides_flag: str = "--set") -> str:
+    """Append `(file:line)` to each `  - key: problem` line of a config error, naming the last of
+    ``files`` that sets the key (or its nearest parent), so a user edits the right line; a key that
+    the command line's ``overrides`` set is named as such."""
+    trees = []
+    for f in files:
+        try:
+            trees.append((Path(f), yaml.compose(Path(f).read_text())))
+        except (OSError, yaml.YAMLError):
+            continue
+    out = []
+    for line in message.splitlines():
+        key = line[4:].split(":", 1)[0] if line.startswith("  - ") else ""
+        where = [f"{f}:{hit}" for f, tree in trees if key and (hit := _line_of(tree, key)) is not None]
+        if key and overrides and _sets(overrides, key):
+            where.append(overrides_flag)
+        out.append(f"{line} ({where[-1]})" if where else line)
+    return "\n".join(out)
+
+
+def _key_parts(key: str) -> list[str]:
+    return [p for p in key.replace("[", ".[").split(".") if p]
+
+
+def _sets(mapping: Any, key: str) -> bool:
+    """Whether the nested ``mapping`` holds the whole dotted ``key``."""
+    for part in _key_parts(key):
+        if isinstance(mapping, list) and part.startswith("[") and part[1:-1].isdigit() and int(part[1:-1]) < len(mapping):
+            mapping = mapping[int(part[1:-1])]
+        elif isinstance(mapping, Mapping) and part in mapping:
+            mapping = mapping[part]
+        else:
+            return False
+    return True
+
+
+def _line_of(node: Any, key: str) -> int | None:
+    """1-based line of the deepest node on the dotted ``key`` (e.g. `counterfactual.pairs[0]`) that
+    the YAML tree holds; None when not even its first part is there."""
+    line = None
+    for part in _key_parts(key):
+        if isinstance(node, yaml.SequenceNode) and part.startswith("[") and part[1:-1].isdigit():
+            items = node.value
+            index = int(part[1:-1])
+            if index >= len(items):
+                break
+            node = items[index]
+        elif isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+            if not match:
+                break
+            node = match[-1][1]
+            line = match[-1][0].start_mark.line + 1
+            continue
+        else:
+            break
+        line = node.start_mark.line + 1
+    return line
 
 
 def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import yaml
 from snakemake.exceptions import WorkflowError
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from linkstyle.config import from_dict  # noqa: E402
+from linkstyle.config import from_dict, with_locations  # noqa: E402
 from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
@@ -19,7 +19,12 @@ try:
     CFG = from_dict(config)
     SHARDS = {c.name: len(unit_shards(CFG, c.name)) for c in CFG.classifiers}
 except LinkstyleError as exc:
-    raise WorkflowError(str(exc)) from None
+    # One message naming file and line, without the traceback line Snakemake adds to an error raised
+    # while it parses (a job on a cluster node parses this file too, so the message reaches its log).
+    _files = workflow.overwrite_configfiles or [Path(workflow.basedir) / "config/config.yaml"]
+    _where = with_locations(str(exc), _files, workflow.config_settings.config, "--config")
+    print(f"Error in the config: {_where}", file=sys.stderr)
+    sys.exit(1)
 
 PATHS = RunPaths(CFG.run_dir)
 CLASSIFIERS = [c.name for c in CFG.classifiers]
