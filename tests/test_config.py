@@ -123,6 +123,32 @@ def test_a_config_problem_names_the_file_and_line_that_set_the_key(tmp_path):
     assert str(err.value).endswith("(--set)")
 
 
+def test_a_class_name_typo_for_a_stylegan_checkout_fails_when_the_config_loads(tmp_path, monkeypatch):
+    """The names come from the checkout's label file (no weights needed); without the checkout the
+    counterfactual stage checks them once the network loads."""
+    from linkstyle.config import from_dict as config_from_dict
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sg/media").mkdir(parents=True)
+    (tmp_path / "sg/media/imagenet_idx2labels.txt").write_text(
+        "{0: 'tench, Tinca tinca',\n 1: 'goldfish, Carassius auratus',\n 2: 'great white shark, white shark'}\n")
+    gen = {"kind": "stylegan", "pickle": "g.pkl", "repo": "sg", "num_classes": 3}
+    rest = {"measure": {"segmenter": "whole_image"},
+            "classifiers": [{"name": "r", "kind": "torchvision", "arch": "resnet18", "weights": "IMAGENET1K_V1"}]}
+
+    def from_dict(raw):
+        return config_from_dict({**rest, **raw})
+
+    with pytest.raises(ConfigError) as err:
+        from_dict({"generator": gen, "counterfactual": {"pairs": [["tench", "goldfsh"]]}})
+    assert ("unknown target class name 'goldfsh'; the generator's 3 classes are tench, goldfish, great white shark; "
+            "did you mean 'goldfish'?") in str(err.value)
+    assert from_dict({"generator": gen, "counterfactual": {"pairs": [["Tench", "great white shark"]]}})
+    with pytest.raises(ConfigError, match="unknown origin class name 'tench'.* classes are class_0, class_1"):
+        from_dict({"generator": {**gen, "repo": "sg/media"}, "counterfactual": {"pairs": [["tench", 1]]}})
+    assert from_dict({"generator": {**gen, "repo": "absent"}, "counterfactual": {"pairs": [["tench", "goldfsh"]]}})
+
+
 def test_a_class_name_typo_in_the_builtin_world_fails_when_the_config_loads():
     with pytest.raises(ConfigError) as err:
         from_dict({"counterfactual": {"pairs": [["fox", "cta"], ["Fox", "mouse"]]}, "classes": [0, 1]})

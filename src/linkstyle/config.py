@@ -170,18 +170,14 @@ MAX_CLASSES_FOR_ALL_PAIRS = 10
 
 
 def _known_class_names(cfg: dict[str, Any]) -> tuple[str, ...] | None:
-    """The generator's class names where the config alone tells them (the built-in world); None where
-    they come with the weights (a StyleGAN checkout's, BigGAN's), which the counterfactual stage checks."""
-    if cfg["generator"]["kind"] != "critters":
-        return None
-    from .generators.critters import CLASS_NAMES
+    from .class_names import known_class_names
 
-    return CLASS_NAMES[: cfg["generator"]["num_classes"]]
+    return known_class_names(cfg["generator"])
 
 
 def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
-    """Pairs given as indices, and as names where the names are known without weights (the built-in
-    world), are checked here, so a typo fails before any job; other names are checked by the stage."""
+    """Pairs given as indices, and as names where the names are known without weights (class_names.py),
+    are checked here, so a typo fails before any job; other names are checked by the stage."""
     pairs = cfg["counterfactual"]["pairs"]
     classes = cfg["classes"] if cfg["classes"] is not None else list(range(cfg["generator"]["num_classes"]))
     if pairs == "auto":
@@ -201,8 +197,10 @@ def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
             value, shown = given, f"{given}"
             if isinstance(given, str) and names is not None:
                 if given.lower() not in lookup:
+                    owner = "critters world's" if cfg["generator"]["kind"] == "critters" else "generator's"
+                    shown_names = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
                     problems.append(f"counterfactual.pairs[{i}]: unknown {end} class name {given!r}; the "
-                                    f"{cfg['generator']['kind']} world's {len(names)} classes are {', '.join(names)}"
+                                    f"{owner} {len(names)} classes are {shown_names}"
                                     + did_you_mean([given], list(names)))
                     continue
                 value = lookup[given.lower()]

@@ -85,7 +85,9 @@ def resolve_class_names(names: "Sequence[str] | Mapping[int, str] | None", num_c
     """A full list of names, or a {index: name} mapping naming some classes (others: class_<i>)."""
     import numpy as np
 
-    default = [f"class_{i}" for i in range(num_classes)]
+    from ..class_names import default_names
+
+    default = list(default_names(num_classes))
     if names is None:
         return tuple(default)
     if isinstance(names, str):

@@ -26,7 +26,6 @@ Process-wide effects, by design:
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib
 import io
@@ -44,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..class_names import checkout_names
 from ..errors import LinkstyleError
 from .base import check_classes, check_seeds, resolve_class_names
 
@@ -67,8 +67,6 @@ _REQUIRED = ("legacy.py", "dnnlib/__init__.py", "torch_utils/__init__.py")
 # Ops in torch_utils/ops that compile a CUDA plugin in ``_init()`` on first GPU use.
 _CUSTOM_OPS = ("bias_act", "upfirdn2d", "filtered_lrelu")
 _PERSISTENT_RECONSTRUCT = ("torch_utils.persistence", "_reconstruct_persistent_obj")
-# The class names that StyleGAN-XL's checkout ships for its ImageNet models.
-_IMAGENET_LABELS = Path("media") / "imagenet_idx2labels.txt"
 
 
 class StyleGANLoadError(LinkstyleError, RuntimeError):
@@ -662,20 +660,6 @@ def _read_network(path: Path, legacy: ModuleType, *, converting: bool = False) -
     return data
 
 
-def _imagenet_names(root: Path, c_dim: int) -> tuple[str, ...] | None:
-    """StyleGAN-XL's checkout ships ImageNet labels as a dict literal {index: 'a, b'}."""
-    path = root / _IMAGENET_LABELS
-    if c_dim <= 1 or not path.is_file():
-        return None
-    try:
-        labels = ast.literal_eval(path.read_text())
-    except (OSError, ValueError, SyntaxError):
-        return None
-    if not isinstance(labels, dict) or sorted(labels) != list(range(c_dim)):
-        return None
-    return tuple(str(labels[i]).split(",")[0].strip() for i in range(c_dim))
-
-
 def load_stylegan(
     pickle_path: str | Path,
     repo: str | Path,
@@ -705,7 +689,7 @@ def load_stylegan(
         raise ValueError(f"{path}: G_ema is a {type(G).__name__}, not a torch.nn.Module")
     G = G.eval().requires_grad_(False).to(device)
     if class_names is None:
-        class_names = _imagenet_names(root, int(getattr(G, "c_dim", 0)))
+        class_names = checkout_names(root, int(getattr(G, "c_dim", 0)))
     return StyleGAN(G, class_names=class_names, truncation_cutoff=truncation_cutoff, force_fp32=force_fp32)
 
 
