@@ -7,10 +7,12 @@ attribute names and call signatures:
 
 * ``G.z_dim, G.c_dim, G.w_dim, G.num_ws, G.img_resolution, G.img_channels``;
 * ``G.mapping(z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False)``
-  -> ws [B, num_ws, w_dim]; the class enters as ``embed(c.argmax(1))``, as in
-  StyleGAN-XL; ``mapping.w_avg`` is [c_dim, w_dim] ("xl") or [w_dim] ("global");
+  -> ws [B, num_ws, w_dim]; the class enters as ``embed(c.argmax(1))`` in "xl" (as in
+  StyleGAN-XL) and as a fully connected ``embed(c)`` of the float label vector in "sg3" and
+  "global" (StyleGAN3, StyleGAN2-ADA); ``mapping.w_avg`` is [c_dim, w_dim] ("xl") or [w_dim]
+  ("sg3", "global");
 * ``G.synthesis(ws, noise_mode=..., force_fp32=...)`` -> [B, 3, res, res] in [-1, 1].
-  "xl" follows StyleGAN3 / StyleGAN-XL: children ``input``, ``L0_<size>_<ch>``, ...,
+  "xl" and "sg3" follow StyleGAN3 / StyleGAN-XL: children ``input``, ``L0_<size>_<ch>``, ...,
   each map ``sampling_rate`` pixels across plus ``margin_size`` pixels on every side
   (attributes ``size``/``sampling_rate`` on the input, ``in_size``/``out_size``/
   ``in_sampling_rate``/``out_sampling_rate``/``conv_kernel`` on layers), the last two
@@ -262,16 +264,20 @@ class FullyConnectedLayer(torch.nn.Module):
 
 @persistence.persistent_class
 class MappingNetwork(torch.nn.Module):
-    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=2, class_gain=4.0, per_class_w_avg=True, seed=0):
+    def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=2, class_gain=4.0, per_class_w_avg=True, seed=0,
+                 embed_index=True):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.num_layers = num_layers
         self.class_gain = class_gain
-        if c_dim > 0:
+        self.embed_index = embed_index
+        if c_dim > 0 and embed_index:  # StyleGAN-XL: a table row per class, c.argmax(1)
             self.embed = torch.nn.Embedding(c_dim, z_dim)
             with torch.no_grad():
                 self.embed.weight.copy_(_randn([c_dim, z_dim], seed + 1))
             self.embed_proj = FullyConnectedLayer(z_dim, z_dim, activation="lrelu", seed=seed + 2)
+        elif c_dim > 0:  # StyleGAN2-ADA / StyleGAN3: a fully connected layer of the float label vector c
+            self.embed = FullyConnectedLayer(c_dim, z_dim, seed=seed + 1)
         features = [z_dim * (2 if c_dim > 0 else 1)] + [w_dim] * num_layers
         for idx in range(num_layers):
             act = "lrelu" if idx < num_layers - 1 else "linear"
@@ -289,7 +295,10 @@ class MappingNetwork(torch.nn.Module):
         x = normalize_2nd_moment(z.to(torch.float32))
         if self.c_dim > 0:
             misc.assert_shape(c, [None, self.c_dim])
-            y = normalize_2nd_moment(self.embed_proj(self.embed(c.argmax(1))))
+            if self.embed_index:
+                y = normalize_2nd_moment(self.embed_proj(self.embed(c.argmax(1))))
+            else:
+                y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, self.class_gain * y], dim=1)
         for idx in range(self.num_layers):
             x = getattr(self, f"fc{idx}")(x)
@@ -470,7 +479,7 @@ class Generator(torch.nn.Module):
         super().__init__()
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        if variant == "xl":
+        if variant in ("xl", "sg3"):
             self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, num_ws, channels=channels,
                                               margin_size=margin_size, seed=seed + 1000)
         else:
@@ -478,7 +487,7 @@ class Generator(torch.nn.Module):
                                                    channels=channels, seed=seed + 1000)
         self.num_ws = self.synthesis.num_ws
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, per_class_w_avg=variant == "xl",
-                                      seed=seed)
+                                      seed=seed, embed_index=variant == "xl")
         with torch.no_grad():  # what training's running average would have tracked
             classes = max(c_dim, 1)
             z = _randn([classes * w_avg_samples, z_dim], seed + 7)
@@ -579,7 +588,7 @@ if __name__ == "__main__":
 def write_standin_repo(
     folder: Path,
     *,
-    variant: Literal["xl", "global"] = "xl",
+    variant: Literal["xl", "sg3", "global"] = "xl",
     num_classes: int = 3,
     resolution: int = 32,
     z_dim: int = 16,
@@ -593,8 +602,8 @@ def write_standin_repo(
     ``num_classes`` is the network's ``c_dim`` (0 = unconditional). The network's
     shape is stored in ``standin_config.json``, read by ``make_pickle.py``.
     """
-    if variant not in ("xl", "global"):
-        raise ValueError(f"variant must be 'xl' or 'global', got {variant!r}")
+    if variant not in ("xl", "sg3", "global"):
+        raise ValueError(f"variant must be 'xl', 'sg3' or 'global', got {variant!r}")
     if resolution < 8 or resolution & (resolution - 1):
         raise ValueError("resolution must be a power of two >= 8")
     if num_ws < 4:

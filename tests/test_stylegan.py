@@ -44,6 +44,7 @@ def nets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path
     root = tmp_path_factory.mktemp("stylegan")
     cases = {
         "xl": (dict(variant="xl"), False),
+        "sg3": (dict(variant="sg3"), False),
         "global": (dict(variant="global"), False),
         "broken": (dict(variant="xl"), True),  # same network as "xl", D cannot be unpickled
         "uncond": (dict(variant="xl", num_classes=0, resolution=16, z_dim=8, w_dim=12, num_ws=7), False),
@@ -68,14 +69,14 @@ def _batch(gen: StyleGAN, n: int = 6, psi: float = 1.0) -> tuple[torch.Tensor, t
 # ---------------------------------------------------------------------------- loading
 
 
-@pytest.mark.parametrize("name", ["xl", "global"])
+@pytest.mark.parametrize("name", ["xl", "sg3", "global"])
 def test_load_reads_everything_from_the_network(nets, name) -> None:
     path_before = list(sys.path)
     gen = _load(nets, name)
     assert sys.path == path_before
     assert isinstance(gen, Generator)
     assert (gen.z_dim, gen.w_dim, gen.num_ws, gen.num_classes, gen.resolution) == (16, 16, 6, 3, 32)
-    assert gen.variant == name
+    assert gen.variant == ("xl" if name == "xl" else "global")  # from w_avg's shape: per-class centres or one
     assert gen.G.mapping.w_avg.shape == ((3, 16) if name == "xl" else (16,))
     assert gen.G.standin_role == "G_ema"  # not the pickle's G
     assert gen.class_names == ("class_0", "class_1", "class_2")
@@ -135,7 +136,7 @@ def test_switching_checkouts_warns_and_keeps_old_networks_working(nets) -> None:
 # ---------------------------------------------------------------------------- latents
 
 
-@pytest.mark.parametrize("name", ["xl", "global"])
+@pytest.mark.parametrize("name", ["xl", "sg3", "global"])
 def test_truncation_towards_the_right_centre(nets, name) -> None:
     gen = _load(nets, name)
     z = gen.sample_z(range(6))
@@ -196,7 +197,7 @@ def test_mapping_validates_inputs(nets) -> None:
 # ---------------------------------------------------------------------------- images
 
 
-@pytest.mark.parametrize("name", ["xl", "global"])
+@pytest.mark.parametrize("name", ["xl", "sg3", "global"])
 def test_synthesize(nets, name) -> None:
     gen = _load(nets, name)
     w, _ = _batch(gen, 6, psi=0.7)
@@ -223,7 +224,7 @@ def test_gradients_reach_w(nets) -> None:
     assert w.grad is not None and w.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["xl", "global"])
+@pytest.mark.parametrize("name", ["xl", "sg3", "global"])
 def test_classes_are_visibly_different(nets, name) -> None:
     """A nearest-class-mean classifier on 8x8 thumbnails tells the stand-in's classes apart."""
     gen = _load(nets, name)
@@ -241,8 +242,9 @@ def test_classes_are_visibly_different(nets, name) -> None:
 # ---------------------------------------------------------------------------- features
 
 
-def test_features_are_cropped_of_their_margin(nets) -> None:
-    gen = _load(nets, "xl")
+@pytest.mark.parametrize("name", ["xl", "sg3"])
+def test_features_are_cropped_of_their_margin(nets, name) -> None:
+    gen = _load(nets, name)
     assert gen.feature_layers == tuple(XL_LAYERS)
     w, _ = _batch(gen, 2)
     raw = {}
