@@ -203,7 +203,7 @@ def figure_files(cfg: Config) -> list[tuple[str, str, str, str | None]]:
     """(file name without suffix, kind, category, classifier) of every figure the report draws for ``cfg``."""
     out = []
     for kind, per_classifier, category in FIGURE_KINDS:
-        if kind == "concept-recovery" and cfg.generator.kind != "critters":
+        if kind == "concept-recovery" and not cfg.generator.has_ground_truth:
             continue  # ground truth only on the built-in world
         if per_classifier:
             out += [(f"{kind}-{c.name}", kind, category, c.name) for c in cfg.classifiers

@@ -35,6 +35,10 @@ ANALYSIS_SEED_LIMIT = 2**31
 SEEDS_PER_CLASS = 1_000_000
 CRITTERS_MAX_CLASSES = 16
 #: Penultimate width of each demo architecture (checked against torchvision by the tests).
+# Generator kinds by what they can do; code asks for a capability (GeneratorConfig.has_ground_truth),
+# never for a kind by name, so a new world with ground truth is one entry here.
+GROUND_TRUTH_KINDS = frozenset({"critters"})
+BUILTIN_KINDS = frozenset({"critters"})
 DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 DEMO_ARCHS = tuple(DEMO_UNITS)
 #: The config sections (or single ``section.key`` entries) each stage reads. The Snakemake rules pass ``digest(*sections)`` as a param, so
@@ -233,7 +237,7 @@ def _planted_problems(cfg: dict[str, Any], i: int) -> list[str]:
             problems.append(f"classifiers[{i}].base: only kind 'planted' extends a base classifier; remove it from "
                             f"'{clf['name']}' (kind '{kind}')")
         return problems
-    if cfg["generator"]["kind"] != "critters":
+    if cfg["generator"]["kind"] not in GROUND_TRUTH_KINDS:
         problems.append(f"classifiers[{i}]: kind 'planted' reads the critters world's colours and factors; it cannot "
                         f"run with generator '{cfg['generator']['kind']}'")
     if base is None:
@@ -265,17 +269,17 @@ def _check_cross_keys(cfg: dict[str, Any]) -> None:
     for key in {"stylegan": ("pickle", "repo"), "biggan": ("weights_dir",)}.get(gen["kind"], ()):
         if not gen[key]:
             problems.append(f"generator.{key}: required for generator.kind '{gen['kind']}' ({_describe(schema(), ['generator', key])})")
-    if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "ground_truth":
+    if gen["kind"] not in GROUND_TRUTH_KINDS and cfg["measure"]["segmenter"] == "ground_truth":
         problems.append(f"measure.segmenter: 'ground_truth' needs the critters world's exact masks; for {gen['kind']} use "
                         "'learned' (a few-shot segmenter on your label maps, docs/segmentation.md) or 'whole_image'")
-    if gen["kind"] != "critters" and cfg["measure"]["segmenter"] == "learned" and not cfg["measure"]["parts"]:
+    if gen["kind"] not in GROUND_TRUTH_KINDS and cfg["measure"]["segmenter"] == "learned" and not cfg["measure"]["parts"]:
         problems.append("measure.parts: required with measure.segmenter 'learned' on a real generator: the part names of "
                         "your label maps in the order of their pixel values, e.g. [background, body, head, leg, tail]")
     for i, clf in enumerate(cfg["classifiers"]):
         kind, arch = clf["kind"], clf["arch"]
         if kind == "demo" and arch not in DEMO_ARCHS:
             problems.append(f"classifiers[{i}].arch: '{arch}' is not a demo architecture; valid: {', '.join(DEMO_ARCHS)}")
-        if kind == "demo" and gen["kind"] != "critters":
+        if kind == "demo" and gen["kind"] not in GROUND_TRUTH_KINDS:
             problems.append(f"classifiers[{i}]: kind 'demo' is trained on the critters world only; use torchvision or torchscript with '{gen['kind']}'")
         if kind == "torchscript" and not clf["path"]:
             problems.append(f"classifiers[{i}].path: required for kind 'torchscript' (the scripted module file)")
@@ -332,6 +336,17 @@ class GeneratorConfig:
     repo: str | None = None
     weights_dir: str | None = None
     sha256: str | None = None
+
+    @property
+    def has_ground_truth(self) -> bool:
+        """Exact part masks and generative factors for every image: truth validation, planted units,
+        demo classifiers and automatic label maps need them."""
+        return self.kind in GROUND_TRUTH_KINDS
+
+    @property
+    def is_builtin(self) -> bool:
+        """Part of linkstyle: no weights or checkout to provide."""
+        return self.kind in BUILTIN_KINDS
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
     """``deep`` also opens present files to check them against the config (class counts)."""
     out: list[Asset] = []
     gen = cfg.generator
-    if gen.kind == "critters":
+    if gen.is_builtin:
         out.append(Asset("generator: built-in critters world", "(built in)", True, True, "part of linkstyle"))
     elif gen.kind == "stylegan":
         pkl = Path(gen.pickle or "")
@@ -140,7 +140,7 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
             out.append(Asset(f"classifier {clf.name}: TorchScript module with features(x) and head(r)", str(path),
                              path.is_file(), True, "your own torch.jit.script(...).save(path) (see docs)",
                              _digest_problem(path, clf.sha256, f"classifiers[{clf.name}].sha256")))
-    if cfg.measure.segmenter == "learned" and (cfg.segmentation.labels or gen.kind != "critters"):
+    if cfg.measure.segmenter == "learned" and (cfg.segmentation.labels or not gen.has_ground_truth):
         # Not required before the run: the run itself exports the images to label, and stops at
         # label_import until the maps are there.
         folder = Path(cfg.segmentation.labels) if cfg.segmentation.labels else None

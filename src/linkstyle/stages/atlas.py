@@ -75,7 +75,7 @@ def build_classifier_atlas(ctx: Context, name: str) -> ClassifierAtlas:
                       items[["origin", "target", "origin_name", "target_name"]].drop_duplicates().itertuples(index=False)}
     shards = unit_shards(cfg, name)
     sprite_rows = {u: (k, i) for k, us in enumerate(shards) for i, u in enumerate(us)}
-    thumb = min(ATLAS_THUMB, cfg.generator.resolution) if cfg.generator.kind == "critters" else ATLAS_THUMB
+    thumb = min(ATLAS_THUMB, cfg.generator.resolution)  # never upscaled
     atlas = classifier_atlas(name, unit_count(cfg, name), units, features, drivers, pair_names, sprite_rows,
                              steps=cfg.tune.n_steps, starts=ATLAS_STARTS, thumb=thumb,
                              sheets=[sheet_name(name, k) for k in range(len(shards))])

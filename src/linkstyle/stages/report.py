@@ -619,7 +619,7 @@ def run_report(ctx: Context) -> None:
     figs.append(("Classifiers side by side", "The selectivity index and faithfulness of every analysed unit, and the share "
                  "of units whose label names each part, for all classifiers in one figure.",
                  figure_population_compare(all_units, all_populations, paths.figure("population-compare"))))
-    if cfg.generator.kind == "critters":  # drawn even when no unit is labelled (then with no bars)
+    if cfg.generator.has_ground_truth:  # drawn even when no unit is labelled (then with no bars)
         recovery_all = pd.concat(recoveries, ignore_index=True) if recoveries else empty_table(SELECTIVITY_RECOVERY)
         figs.append(("Concept recovery (ground truth)", "For every labelled unit of the built-in world, does its label name "
                      "a part (left) or a part and property (right) that the unit's dominant ground-truth factor changes? "

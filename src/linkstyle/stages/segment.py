@@ -38,7 +38,7 @@ def part_names(ctx: Context) -> tuple[str, ...]:
     """The label values' meaning: ``measure.parts``, else the generator's own parts (critters)."""
     if ctx.cfg.measure.parts:
         return ctx.cfg.measure.parts
-    if ctx.cfg.generator.kind == "critters":
+    if ctx.cfg.generator.has_ground_truth:
         from ..generators.critters import PART_NAMES
 
         return PART_NAMES
@@ -145,7 +145,7 @@ def labels_folder(ctx: Context) -> Path:
     if ctx.cfg.segmentation.labels:
         return Path(ctx.cfg.segmentation.labels)
     truth = ctx.paths.labels_dir / "truth"
-    if ctx.cfg.generator.kind == "critters":
+    if ctx.cfg.generator.has_ground_truth:
         return truth
     raise LinkstyleError(
         f"segmentation.labels is not set. Label the images in {ctx.paths.labels_dir / 'images'} with an annotation "
@@ -213,7 +213,7 @@ def run_train_segmenter(ctx: Context) -> None:
         **{k: v for k, v in info.items() if isinstance(v, (int, float, str))},
     }
     n_held = cfg.segmentation.heldout_images
-    if cfg.generator.kind == "critters" and n_held and not cfg.measure.parts:
+    if cfg.generator.has_ground_truth and n_held and not cfg.measure.parts:
         seeds = HELDOUT_LABEL_SEED_BASE + np.arange(n_held, dtype=np.int64)
         images, ws, truth = _render(ctx, seeds)
         start = time.perf_counter()

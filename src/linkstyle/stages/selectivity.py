@@ -106,7 +106,7 @@ def primary_mask_source(cfg: Config) -> str:
 
 def factor_concepts(cfg: Config) -> Mapping[str, tuple[tuple[str, str], ...]] | None:
     """Ground truth: which (part, property) pairs each generative factor should change; None without one."""
-    if cfg.generator.kind != "critters":
+    if not cfg.generator.has_ground_truth:
         return None
     from ..generators.critters import FACTOR_CONCEPTS
 
@@ -115,7 +115,7 @@ def factor_concepts(cfg: Config) -> Mapping[str, tuple[tuple[str, str], ...]] | 
 
 def factor_periods(cfg: Config) -> Mapping[str, float]:
     """Ground-truth factors that are circular (hues), with their period; none without ground truth."""
-    if cfg.generator.kind != "critters":
+    if not cfg.generator.has_ground_truth:
         return {}
     from ..generators.critters import CIRCULAR_FACTORS
 
