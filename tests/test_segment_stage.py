@@ -124,3 +124,56 @@ def test_pointing_at_your_labels_keeps_the_export(exported):
     other = load_config(None, {**cfg.raw, "segmentation": {**cfg.raw["segmentation"], "labels": "/somewhere"}})
     assert other.stage_digest("label_export") == cfg.stage_digest("label_export")
     assert other.stage_digest("label_import") != cfg.stage_digest("label_import")
+
+
+@pytest.mark.slow
+def test_swept_images_join_the_label_set_from_the_sweeps_ends(tiny_run, tmp_path):
+    """segmentation.sweep_images: the first and last steps of the sweeps, spread over every
+    classifier's shards, exported with their exact masks, imported beside the samples, named by a
+    digest of the image; and Snakemake reruns the export when the sweeps will change."""
+    import hashlib
+
+    from .conftest import TINY, run_snakemake
+
+    work, _, _ = tiny_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, symlinks=True)
+    raw = {**TINY, "segmentation": {**TINY["segmentation"], "export_images": 4, "sweep_images": 7}}
+    cfg_file = copy / "sweeps.yaml"
+    cfg_file.write_text(yaml.safe_dump(raw))
+    paths = RunPaths(copy / "results" / "tiny")
+    target = str(paths.segmenter_labels.relative_to(copy))  # (a target goes before --configfile, which takes several files)
+    proc = run_snakemake(target, "--directory", str(copy), "--configfile", str(cfg_file), "--cores", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    latents = np.load(paths.label_latents)
+    names = [str(n) for n in latents["names"]]
+    assert len(names) == 11 and all(n.endswith(f"-seed{s}") for n, s in zip(names[:4], latents["seed"][:4]))
+    assert (latents["seed"][4:] == -1).all()
+    # 7 images over 9 shards (3 classifiers x 3): one from each of the first 7, in config order
+    assert [n.split("-")[1:3] for n in names[4:]] == [
+        ["resnet18", "0"], ["resnet18", "1"], ["resnet18", "2"], ["regnet", "0"], ["regnet", "1"], ["regnet", "2"], ["planted", "0"]]
+    packed = np.load(paths.segmenter_labels)
+    row = {str(n): i for i, n in enumerate(packed["names"])}
+    assert set(row) == set(names)
+    for i, name in enumerate(names[4:], start=4):
+        _, clf, shard, index, digest = name.split("-")
+        arrays = np.load(paths.tune_arrays(clf, shard))
+        k = int(index)
+        assert arrays["step"][k] in (0, raw["tune"]["n_steps"] - 1)  # an end of its sweep
+        assert hashlib.sha256(arrays["images"][k].tobytes()).hexdigest()[:8] == digest
+        assert np.array_equal(np.asarray(Image.open(paths.labels_dir / "images" / f"{name}.png").convert("RGB")), arrays["images"][k])
+        assert np.array_equal(packed["images"][row[name]], arrays["images"][k])
+        assert np.array_equal(packed["masks"][row[name]], arrays["masks"][k])  # the exact masks as labels
+        assert np.array_equal(latents["w"][i], arrays["w"][k].astype(np.float32))
+
+    def planned(folder, config):
+        dry = run_snakemake("-n", "--nolock", "--quiet", "rules", "--directory", str(folder), "--configfile", str(config),
+                            "--forcerun", "link")
+        assert dry.returncode == 0, dry.stderr[-3000:]
+        return {line.split()[0] for line in dry.stdout.splitlines() if line.strip() and line.split()[-1].isdigit()}
+
+    # new sweeps (a new link) re-export swept images; without sweep_images the export does not wait for tune
+    assert {"tune", "label_export"} <= planned(copy, cfg_file)
+    without = planned(work, work / "tiny.yaml")
+    assert "tune" in without and "label_export" not in without
