@@ -14,10 +14,14 @@ from torch import nn
 from linkstyle.counterfactual import (
     CounterfactualError,
     CounterfactualSettings,
+    SearchProblem,
+    adam_step,
+    counterfactual_loss,
     driving_units,
     find_counterfactuals,
     find_counterfactuals_one_by_one,
     linear_head,
+    search,
 )
 from linkstyle.errors import LinkstyleError
 
@@ -79,6 +83,67 @@ def linear_check(w_dim=6, classes=4, seed=1):
     """A stand-in for render + classify: a fixed linear classifier of w."""
     a = torch.randn(w_dim, classes, generator=torch.Generator().manual_seed(seed))
     return lambda w: (w.double() @ a.double()).argmax(1)
+
+
+def test_the_loss_is_the_papers_equation_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0, 4.0], [0.5, -1.0, 2.0, 0.0]], dtype=torch.float64)
+    w_after = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    w_before = torch.tensor([[1.0, 1.0], [2.0, 2.0]], dtype=torch.float64)
+    origin, target = torch.tensor([0, 2]), torch.tensor([1, 3])
+    cos = torch.tensor([1 / 2**0.5, 1.0], dtype=torch.float64)
+    # the paper's weights (1, 0.6, 10): -logit_t + 0.6 logit_o - 10 cos
+    paper = torch.tensor([-2.0 + 0.6 * 1.0, -0.0 + 0.6 * 2.0], dtype=torch.float64) - 10 * cos
+    torch.testing.assert_close(counterfactual_loss(logits, w_after, w_before, origin, target), paper)
+    # weight_other adds the strongest class that is neither origin nor target (item 0: class 3; item 1: class 0)
+    got = counterfactual_loss(logits, w_after, w_before, origin, target, weight_target=2.0, weight_origin=0.5,
+                              weight_cosine=3.0, weight_other=1.5)
+    want = torch.tensor([-2 * 2.0 + 0.5 * 1.0 + 1.5 * 4.0, -2 * 0.0 + 0.5 * 2.0 + 1.5 * 0.5], dtype=torch.float64) - 3 * cos
+    torch.testing.assert_close(got, want)
+    # with two classes there is no third one to push down
+    two = counterfactual_loss(logits[:, :2], w_after, w_before, torch.tensor([0, 1]), torch.tensor([1, 0]), weight_other=5.0)
+    torch.testing.assert_close(two, torch.tensor([-2.0 + 0.6, -0.5 - 0.6], dtype=torch.float64) - 10 * cos)
+
+
+def test_the_optimiser_step_is_adam_then_l1_prox_then_projection():
+    s = CounterfactualSettings(lr=0.1, l1=0.0, nonnegative=False)
+    d, zeros = torch.zeros(1, 3, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.float64)
+    grad = torch.tensor([[2.0, -0.5, 1e-3]], dtype=torch.float64)
+    scale = torch.tensor([4.0], dtype=torch.float64)
+    r = torch.tensor([[1.0, 1.0, 1.0]], dtype=torch.float64)
+    new, m1, m2 = adam_step(d, zeros, zeros, grad, r, scale, 1, s)
+    torch.testing.assert_close(m1, 0.1 * grad)
+    torch.testing.assert_close(m2, 0.001 * grad**2)
+    # Adam's first step is sign-like: lr * scale against the gradient's sign
+    torch.testing.assert_close(new, -0.1 * 4.0 * grad / (grad.abs() + s.eps))
+    # L1's proximal step keeps a unit only where |gradient| * scale exceeds l1, shrunk by lr * l1 / (|g| + eps) ...
+    sparse, _, _ = adam_step(d, zeros, zeros, grad, r, scale, 1, CounterfactualSettings(lr=0.1, l1=1.0, nonnegative=False))
+    torch.testing.assert_close(sparse[0, :2], new[0, :2] - torch.sign(new[0, :2]) * 0.1 * 1.0 / (grad[0, :2].abs() + s.eps))
+    assert sparse[0, 2] == 0
+    # ... and the projection keeps r - d >= 0: d may not exceed r
+    big = torch.tensor([[-50.0, 0.0, 0.0]], dtype=torch.float64)
+    capped, _, _ = adam_step(d, zeros, zeros, big, r, scale, 1, CounterfactualSettings(lr=1.0))
+    assert capped[0, 0] == 1.0
+
+
+def test_search_problem_is_checked_once_and_shared_by_both_searches():
+    import inspect
+
+    r, origin, target, head, coef, intercept = synthetic(n=3)
+    s = CounterfactualSettings(max_steps=15, check_every=5)
+    problem = SearchProblem.of(r.numpy(), origin, target, head, coef, intercept, linear_check(), s)
+    assert isinstance(problem.r, torch.Tensor) and problem.origin.dtype == torch.long and len(problem) == 3
+    one = problem.item(1)
+    assert len(one) == 1 and torch.equal(one.r, problem.r[1:2]) and one.head is head and one.settings is s
+    ref = find_counterfactuals(r, origin, target, head, coef, intercept, linear_check(), s)
+    got = search(problem)
+    for name, value in ref.to_arrays().items():
+        np.testing.assert_array_equal(got.to_arrays()[name], value, err_msg=name)
+    params = list(inspect.signature(find_counterfactuals).parameters)
+    assert params == list(inspect.signature(find_counterfactuals_one_by_one).parameters) == [
+        "r", "origin", "target", "head", "coef", "intercept", "check", "settings", "back", "render", "render_batch"]
+    assert SearchProblem.of(r, origin, target, head, coef, intercept).settings == CounterfactualSettings()
+    with pytest.raises(CounterfactualError, match="render_batch"):
+        SearchProblem.of(r, origin, target, head, coef, intercept, render=lambda w: w, render_batch=0)
 
 
 def test_the_optimiser_flips_most_items_of_a_synthetic_problem():

@@ -56,9 +56,12 @@ Choices, and why:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
+from typing import Any, ParamSpec
 
 import numpy as np
 import pandas as pd
@@ -72,12 +75,16 @@ __all__ = [
     "CounterfactualError",
     "CounterfactualResult",
     "CounterfactualSettings",
+    "SearchProblem",
+    "adam_step",
+    "counterfactual_loss",
     "driving_units",
     "find_counterfactuals",
     "find_counterfactuals_one_by_one",
     "linear_head",
     "render_and_classify",
     "rendered_logits",
+    "search",
 ]
 
 Check = Callable[[torch.Tensor], torch.Tensor]
@@ -198,7 +205,7 @@ class CounterfactualResult:
         return cls(**{f.name: torch.cat([getattr(p, f.name) for p in parts]) for f in fields(cls)})
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- the problem
 
 
 def _as_tensor(x: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
@@ -214,7 +221,7 @@ def _items(idx: torch.Tensor, limit: int = 8) -> str:
     return shown + (f", ... ({len(idx)} in all)" if len(idx) > limit else "")
 
 
-def _validate_back(back, units: int, w_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+def _validate_back(back: Any, units: int, w_dim: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     if back is None:
         return None
     if not isinstance(back, (tuple, list)) or len(back) != 2:
@@ -226,7 +233,8 @@ def _validate_back(back, units: int, w_dim: int) -> tuple[torch.Tensor, torch.Te
     return b_coef, b_int
 
 
-def _validate(r, origin, target, head, coef, intercept, settings):
+def _validate(r: Any, origin: Any, target: Any, head: Any, coef: Any, intercept: Any, settings: Any
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     if not isinstance(settings, CounterfactualSettings):
         raise CounterfactualError(f"settings must be a CounterfactualSettings, got {type(settings).__name__}")
     if not isinstance(head, nn.Linear):
@@ -270,7 +278,116 @@ def _validate(r, origin, target, head, coef, intercept, settings):
     return r, origin.long(), target.long(), coef, intercept
 
 
-# ----------------------------------------------------------------------------- the search
+@dataclass(frozen=True, eq=False)
+class SearchProblem:
+    """One search, checked: built by :meth:`of` (the arguments of :func:`find_counterfactuals`), so
+    that the batched search and the one-by-one baseline share one argument list and one set of checks.
+
+    Tensors as given, on the caller's device and dtype: ``r`` float [B, U], ``origin``/``target``
+    long [B], ``coef`` [U, w_dim], ``intercept`` [w_dim]; at most one of ``back`` and ``render``.
+    """
+
+    r: torch.Tensor
+    origin: torch.Tensor
+    target: torch.Tensor
+    head: nn.Linear
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    check: Check | None
+    settings: CounterfactualSettings
+    back: tuple[torch.Tensor, torch.Tensor] | None
+    render: Render | None
+    render_batch: int
+
+    @classmethod
+    def of(
+        cls,
+        r: torch.Tensor | np.ndarray,
+        origin: torch.Tensor | np.ndarray,
+        target: torch.Tensor | np.ndarray,
+        head: nn.Linear,
+        coef: torch.Tensor | np.ndarray,
+        intercept: torch.Tensor | np.ndarray,
+        check: Check | None = None,
+        settings: CounterfactualSettings | None = None,
+        back: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
+        render: Render | None = None,
+        render_batch: int = 64,
+    ) -> SearchProblem:
+        """Every check a search needs, made before any optimisation (see find_counterfactuals)."""
+        settings = CounterfactualSettings() if settings is None else settings
+        r_, origin_, target_, coef_, intercept_ = _validate(r, origin, target, head, coef, intercept, settings)
+        back_ = _validate_back(back, head.in_features, coef_.shape[1])
+        if back_ is not None and render is not None:
+            raise CounterfactualError("give back (the back map) or render (the rendered image's logits), not both")
+        if render is not None and not callable(render):
+            raise CounterfactualError(f"render must be a callable w -> logits, got {type(render).__name__}")
+        if isinstance(render_batch, bool) or not isinstance(render_batch, (int, np.integer)) or render_batch < 1:
+            raise CounterfactualError(f"render_batch must be an integer >= 1, got {render_batch!r}")
+        return cls(r_, origin_, target_, head, coef_, intercept_, check, settings, back_, render, int(render_batch))
+
+    def __len__(self) -> int:
+        return int(self.r.shape[0])
+
+    def item(self, i: int) -> SearchProblem:
+        """Item ``i`` alone: the one-by-one baseline solves these."""
+        one = slice(i, i + 1)
+        return replace(self, r=self.r[one], origin=self.origin[one], target=self.target[one])
+
+
+# ----------------------------------------------------------------------------- the loss and the step
+
+
+def counterfactual_loss(
+    logits: torch.Tensor,
+    w_after: torch.Tensor,
+    w_before: torch.Tensor,
+    origin: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    weight_target: float = 1.0,
+    weight_origin: float = 0.6,
+    weight_cosine: float = 10.0,
+    weight_other: float = 0.0,
+) -> torch.Tensor:
+    """The loss of Linking in Style (Wehrheim et al. 2024, Sec. 4.4), per item [n]:
+
+        loss = -weight_target * logit_t + weight_origin * logit_o - weight_cosine * cos(w(r), w(r'))
+               + weight_other * max_{c not in {o, t}} logit_c
+
+    ``logits`` [n, C] are the loss's view of the shifted item (the head's on ``r'``, on the
+    back-mapped features, or the rendered image's), ``w_after = w(r')``, ``w_before = w(r)``.
+    Raising the target's logit and lowering the origin's pushes the item across the boundary;
+    the cosine keeps ``w(r')`` pointing where ``w(r)`` did, so the image stays the same sample.
+    The last term (ours, 0 in the paper, only with more than 2 classes) pushes down the
+    strongest third class, which otherwise catches items on their way. The L1 penalty is not
+    here: it is taken as a proximal step (:func:`adam_step`), which leaves exact zeros.
+    """
+    logit_t = logits.gather(1, target[:, None])[:, 0]
+    logit_o = logits.gather(1, origin[:, None])[:, 0]
+    cos = F.cosine_similarity(w_after, w_before, dim=1, eps=1e-12)
+    loss = -weight_target * logit_t + weight_origin * logit_o - weight_cosine * cos
+    if weight_other > 0 and logits.shape[1] > 2:
+        others = logits.scatter(1, torch.stack([origin, target], 1), float("-inf"))
+        loss = loss + weight_other * others.max(1).values
+    return loss
+
+
+def adam_step(d: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, grad: torch.Tensor, r: torch.Tensor,
+              scale: torch.Tensor, step: int, s: CounterfactualSettings) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Adam's step ``step`` (1-based) on the shifts ``d`` [n, U], row by row; returns the new shift
+    and moments. Steps are relative to each row's feature ``scale`` so that one ``lr`` suits
+    every classifier; L1 is a proximal step in Adam's metric so that unneeded units stay exactly
+    0; the projection onto ``d <= r`` (with ``nonnegative``) makes ``d`` the realised shift."""
+    m1 = s.beta1 * m1 + (1 - s.beta1) * grad
+    m2 = s.beta2 * m2 + (1 - s.beta2) * grad * grad
+    denom = (m2 / (1 - s.beta2**step)).sqrt() + s.eps
+    new = d - (s.lr * scale[:, None]) * (m1 / (1 - s.beta1**step)) / denom
+    if s.l1 > 0:  # proximal step for l1 * |d| / scale
+        new = new.sign() * (new.abs() - s.lr * s.l1 / denom).clamp_min(0)
+    if s.nonnegative:
+        new = torch.minimum(new, r)
+    return new, m1, m2
 
 
 def _pair_probs(logits: torch.Tensor, origin: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -284,20 +401,257 @@ def _relu(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
-def find_counterfactuals(
-    r: torch.Tensor | np.ndarray,
-    origin: torch.Tensor | np.ndarray,
-    target: torch.Tensor | np.ndarray,
-    head: nn.Linear,
-    coef: torch.Tensor | np.ndarray,
-    intercept: torch.Tensor | np.ndarray,
-    check: Check | None = None,
-    settings: CounterfactualSettings | None = None,
-    back: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
-    render: Render | None = None,
-    render_batch: int = 64,
-) -> CounterfactualResult:
-    """Counterfactuals for B items at once: ``r`` [B, U] features, ``origin``/``target`` long [B].
+# ----------------------------------------------------------------------------- the search
+
+Score = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _scorer(problem: SearchProblem, weight: torch.Tensor, bias: torch.Tensor) -> Score:
+    """The loss's logits of ``(r', w(r'))``, as ``back`` / ``render`` choose (module docs)."""
+    render, back = problem.render, problem.back
+    if render is not None:
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return render(wp.float()).double()
+    elif back is None:
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return rp @ weight.T + bias
+    else:  # the head on the back-mapped features, folded into one affine map of w
+        w_head = back[0].detach().to(weight.device, torch.float64) @ weight.T
+        b_head = back[1].detach().to(weight.device, torch.float64) @ weight.T + bias
+
+        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+            return wp @ w_head + b_head
+    return score
+
+
+@dataclass(eq=False)
+class _Search:
+    """A batched search under way: the problem in float64 on the head's device (float64 keeps
+    batched and one-by-one runs in step), and per item its shift, Adam's moments and outcome."""
+
+    problem: SearchProblem
+    r: torch.Tensor  # float64 [B, U]
+    origin: torch.Tensor
+    target: torch.Tensor
+    coef: torch.Tensor
+    intercept: torch.Tensor
+    classes: int
+    score: Score
+    w0: torch.Tensor  # w(r)
+    scale: torch.Tensor  # mean |r| per item (1 where r is 0)
+    d: torch.Tensor  # the shift: r' = relu(r - d)
+    m1: torch.Tensor
+    m2: torch.Tensor
+    done: torch.Tensor
+    success: torch.Tensor
+    steps: torch.Tensor
+    pred: torch.Tensor
+    rendered_p: torch.Tensor  # check's p(origin), p(target) at each item's latest check
+    latest: torch.Tensor  # without a check, the loss's logits at each item's latest check
+
+    @classmethod
+    def start(cls, problem: SearchProblem) -> _Search:
+        dev, f64, head = problem.head.weight.device, torch.float64, problem.head
+        weight = head.weight.detach().to(dev, f64).clone()
+        bias = (head.bias.detach().to(dev, f64).clone() if head.bias is not None
+                else torch.zeros(weight.shape[0], dtype=f64, device=dev))
+        coef = problem.coef.detach().to(dev, f64).clone()
+        intercept = problem.intercept.detach().to(dev, f64).clone()
+        r = problem.r.detach().to(dev, f64).clone()
+        n, classes = r.shape[0], weight.shape[0]
+        scale = r.abs().mean(1)
+        return cls(
+            problem, r, problem.origin.to(dev), problem.target.to(dev), coef, intercept, classes,
+            _scorer(problem, weight, bias), w0=r @ coef + intercept,
+            scale=torch.where(scale > 1e-12, scale, torch.ones_like(scale)),
+            d=torch.zeros_like(r), m1=torch.zeros_like(r), m2=torch.zeros_like(r),
+            done=torch.zeros(n, dtype=torch.bool, device=dev), success=torch.zeros(n, dtype=torch.bool, device=dev),
+            steps=torch.full((n,), problem.settings.max_steps, dtype=torch.long, device=dev),
+            pred=torch.full((n,), -1, dtype=torch.long, device=dev),
+            rendered_p=torch.full((n, 2), float("nan"), dtype=f64, device=dev),
+            latest=torch.full((n, classes), float("nan"), dtype=f64, device=dev),
+        )
+
+    def shifted(self, r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        """r' = relu(r - d), the features the rendering sees (no ReLU without ``nonnegative``)."""
+        return _relu(r - d) if self.problem.settings.nonnegative else r - d
+
+    def score_chunked(self, rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
+        """The loss's logits without gradients, ``render_batch`` items at a time when rendering."""
+        with torch.no_grad():
+            if self.problem.render is None or len(rp) == 0:
+                return self.score(rp, wp)
+            chunk = self.problem.render_batch
+            return torch.cat([self.score(a, b) for a, b in zip(rp.split(chunk), wp.split(chunk))])
+
+    def predict(self, idx: torch.Tensor) -> torch.Tensor:
+        """The class of items ``idx`` at their current shift: ``check``'s, else the loss's own."""
+        rp = self.shifted(self.r[idx], self.d[idx])
+        wp = rp @ self.coef + self.intercept
+        if self.problem.check is None:
+            self.latest[idx] = self.score_chunked(rp, wp)
+            return self.latest[idx].argmax(1)
+        with torch.no_grad():
+            out = self.problem.check(wp.float())
+        out = torch.as_tensor(out).to(self.r.device)
+        if out.ndim == 2 and out.shape == (len(idx), self.classes):
+            self.rendered_p[idx] = _pair_probs(out, self.origin[idx], self.target[idx])
+            out = out.argmax(1)
+        if out.shape != (len(idx),):
+            raise CounterfactualError(f"check must return logits [{len(idx)}, {self.classes}] or one class per w "
+                                      f"(shape [{len(idx)}]), got {tuple(out.shape)}")
+        return out.long()
+
+    def record(self, idx: torch.Tensor, step: int) -> None:
+        """Check items ``idx``; those now in the target class succeed and stop."""
+        p = self.predict(idx)
+        self.pred[idx] = p
+        hit = idx[p == self.target[idx]]
+        self.success[hit] = True
+        self.done[hit] = True
+        self.steps[hit] = step
+
+    def gradient(self, idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """d loss / d shift of items ``idx`` (a sum of per-item terms, so chunks are exact), and the
+        loss's logits at the current shift (detached)."""
+        s = self.problem.settings
+        weight_cosine = s.weight_cosine * (0.5 ** ((step - 1) / s.cosine_halflife) if s.cosine_halflife else 1.0)
+        chunk = self.problem.render_batch if self.problem.render is not None else max(len(idx), 1)
+        grads, seen = [], []
+        for part in idx.split(chunk):
+            da = self.d[part].requires_grad_(True)
+            rp = self.shifted(self.r[part], da)
+            wp = rp @ self.coef + self.intercept
+            logits = self.score(rp, wp)
+            loss = counterfactual_loss(logits, wp, self.w0[part], self.origin[part], self.target[part],
+                                       weight_target=s.weight_target, weight_origin=s.weight_origin,
+                                       weight_cosine=weight_cosine, weight_other=s.weight_other)
+            grads.append(torch.autograd.grad(loss.sum(), da)[0])
+            seen.append(logits.detach())
+        return torch.cat(grads), torch.cat(seen)
+
+    def stop_rendered(self, idx: torch.Tensor, grad: torch.Tensor, seen: torch.Tensor,
+                      step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scoring the rendering has just classified every running item at its current shift (after
+        ``step - 1`` updates): a free check that stops an item the moment its image shows the
+        target, rather than letting it overshoot to the next check. Returns the items going on."""
+        hit = seen.argmax(1) == self.target[idx]
+        if not bool(hit.any()):
+            return idx, grad
+        won = idx[hit]
+        self.rendered_p[won] = _pair_probs(seen[hit], self.origin[won], self.target[won])
+        self.latest[won] = seen[hit]
+        self.pred[won], self.success[won], self.done[won], self.steps[won] = self.target[won], True, True, step - 1
+        return idx[~hit], grad[~hit]
+
+    def step(self, idx: torch.Tensor, grad: torch.Tensor, step: int) -> None:
+        with torch.no_grad():
+            self.d[idx], self.m1[idx], self.m2[idx] = adam_step(self.d[idx], self.m1[idx], self.m2[idx], grad,
+                                                                self.r[idx], self.scale[idx], step, self.problem.settings)
+
+    def result(self, pred_before: torch.Tensor, rendered_p_before: torch.Tensor,
+               logits_before: torch.Tensor) -> CounterfactualResult:
+        """The outcome per item, from its frozen shift and what was seen at step 0 (``*_before``)."""
+        s, check = self.problem.settings, self.problem.check
+        with torch.no_grad():
+            r_after = self.shifted(self.r, self.d)
+            shift = self.r - r_after
+            w_after = r_after @ self.coef + self.intercept
+            if check is None:  # every item's state at step 0 and at its end was scored on the way
+                logits_after = self.latest
+            else:
+                logits_before, logits_after = self.score_chunked(self.r, self.w0), self.score_chunked(r_after, w_after)
+            conf = self.confidences(logits_before, logits_after, rendered_p_before)
+            moved = shift.abs() > s.l0_tol * self.scale[:, None]
+            k = min(s.top_units, self.r.shape[1])
+            order = torch.sort(shift.abs(), dim=1, descending=True, stable=True).indices[:, :k]
+            top = torch.where(moved.gather(1, order), order, torch.full_like(order, -1))
+            out = {
+                "origin": self.origin, "target": self.target, "shift": shift, "success": self.success,
+                "steps": self.steps, "r_after": r_after, "w_before": self.w0, "w_after": w_after,
+                "cosine": F.cosine_similarity(w_after, self.w0, dim=1, eps=1e-12),
+                "logits_before": logits_before, "logits_after": logits_after, **conf,
+                "pred_before": pred_before, "pred_after": self.pred,
+                "l1": shift.abs().sum(1), "l0": moved.sum(1), "top_units": top,
+            }
+        return CounterfactualResult(**{
+            key: v.detach().cpu().float() if v.dtype == torch.float64 else v.detach().cpu() for key, v in out.items()
+        })
+
+    def confidences(self, logits_before: torch.Tensor, logits_after: torch.Tensor,
+                    rendered_p_before: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rendered images' p(origin), p(target) where ``check`` gave logits at step 0 and at
+        every item's last check (what the success check saw), else the loss's logits' softmax."""
+        n = len(self.r)
+        if n and self.problem.check is not None and not bool(
+                torch.isnan(rendered_p_before).any() | torch.isnan(self.rendered_p).any()):
+            return {"conf_origin_before": rendered_p_before[:, 0], "conf_origin_after": self.rendered_p[:, 0],
+                    "conf_target_before": rendered_p_before[:, 1], "conf_target_after": self.rendered_p[:, 1]}
+        p_before, p_after = logits_before.softmax(1), logits_after.softmax(1)
+        rows = torch.arange(n, device=self.r.device)
+        return {"conf_origin_before": p_before[rows, self.origin], "conf_origin_after": p_after[rows, self.origin],
+                "conf_target_before": p_before[rows, self.target], "conf_target_after": p_after[rows, self.target]}
+
+
+def _search(problem: SearchProblem) -> CounterfactualResult:
+    """Adam on every running item at once; each stops at its first success or at ``max_steps``."""
+    s, render, check = problem.settings, problem.render, problem.check
+    run = _Search.start(problem)
+    everyone = torch.arange(len(problem), device=run.r.device)
+    if len(problem):
+        run.record(everyone, 0)
+    before = run.pred.clone(), run.rendered_p.clone(), run.latest.clone()
+    for step in range(1, s.max_steps + 1):
+        idx = everyone[~run.done]
+        if len(idx) == 0:
+            break
+        grad, seen = run.gradient(idx, step)
+        if render is not None:
+            idx, grad = run.stop_rendered(idx, grad, seen, step)
+            if len(idx) == 0:
+                continue
+        run.step(idx, grad, step)
+        # Without a separate check, scoring the rendering already checks every step: only the
+        # state after the last step is left to look at.
+        periodic = step % s.check_every == 0 and not (render is not None and check is None)
+        if periodic or step == s.max_steps:
+            run.record(idx, step)
+    return run.result(*before)
+
+
+def search(problem: SearchProblem) -> CounterfactualResult:
+    """The batched search of a checked problem, all items at once. Autograd even inside a stage's
+    inference_mode; float64 even inside its autocast (``check`` may turn autocast back on)."""
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(problem.head.weight.device.type,
+                                                                          enabled=False):
+        return _search(problem)
+
+
+_P = ParamSpec("_P")
+
+
+def _takes_arguments_of(
+    of: Callable[_P, SearchProblem],
+) -> Callable[[Callable[[SearchProblem], CounterfactualResult]], Callable[_P, CounterfactualResult]]:
+    """Give a function of a SearchProblem the arguments of ``of``, so that the long argument list
+    is written (and checked) once, in :meth:`SearchProblem.of`."""
+
+    def decorate(solve: Callable[[SearchProblem], CounterfactualResult]) -> Callable[_P, CounterfactualResult]:
+        @functools.wraps(solve)
+        def called(*args: _P.args, **kwargs: _P.kwargs) -> CounterfactualResult:
+            return solve(of(*args, **kwargs))
+
+        called.__signature__ = inspect.signature(of).replace(  # type: ignore[attr-defined]
+            return_annotation="CounterfactualResult")
+        return called
+
+    return decorate
+
+
+@_takes_arguments_of(SearchProblem.of)
+def find_counterfactuals(problem: SearchProblem) -> CounterfactualResult:
+    """Counterfactuals for B items at once: ``r`` [B, U] features, ``origin``/``target`` long [B],
+    ``head`` the classifier's last Linear, ``coef`` / ``intercept`` the link ``w = r @ coef + intercept``.
 
     ``check(w [n, w_dim] float32) -> logits [n, C]`` (or classes long [n]) renders ``w`` and
     classifies the images; it is called on the items still running only, at step 0 and every
@@ -306,218 +660,18 @@ def find_counterfactuals(
     ``back``: ``(back_coef [w_dim, U], back_intercept [U])`` scores the shift through the back
     map; ``render``: ``w [n, w_dim] float32 -> logits [n, C]``, differentiable, scores the
     rendered image itself, ``render_batch`` items per forward/backward pass (module docs).
-    Neither: the paper's loss on ``r'``. Runs on the head's device; deterministic.
+    Neither: the paper's loss on ``r'``. Runs on the head's device; deterministic. The arguments
+    are :meth:`SearchProblem.of`'s; :func:`search` takes a built problem.
     """
-    settings = CounterfactualSettings() if settings is None else settings
-    r, origin, target, coef, intercept = _validate(r, origin, target, head, coef, intercept, settings)
-    back = _validate_back(back, head.in_features, coef.shape[1])
-    if back is not None and render is not None:
-        raise CounterfactualError("give back (the back map) or render (the rendered image's logits), not both")
-    if render is not None and not callable(render):
-        raise CounterfactualError(f"render must be a callable w -> logits, got {type(render).__name__}")
-    if isinstance(render_batch, bool) or not isinstance(render_batch, (int, np.integer)) or render_batch < 1:
-        raise CounterfactualError(f"render_batch must be an integer >= 1, got {render_batch!r}")
-    device_type = head.weight.device.type
-    # Autograd even inside a stage's inference_mode; float64 even inside a stage's autocast
-    # (``check`` may turn autocast back on for rendering and classifying).
-    with torch.inference_mode(False), torch.enable_grad(), torch.autocast(device_type, enabled=False):
-        return _search(r, origin, target, head, coef, intercept, check, settings, back, render, int(render_batch))
+    return search(problem)
 
 
-def find_counterfactuals_one_by_one(
-    r: torch.Tensor | np.ndarray,
-    origin: torch.Tensor | np.ndarray,
-    target: torch.Tensor | np.ndarray,
-    head: nn.Linear,
-    coef: torch.Tensor | np.ndarray,
-    intercept: torch.Tensor | np.ndarray,
-    check: Check | None = None,
-    settings: CounterfactualSettings | None = None,
-    back: tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray] | None = None,
-    render: Render | None = None,
-    render_batch: int = 64,
-) -> CounterfactualResult:
-    """The same search, one item at a time (the baseline the batched search is measured against)."""
-    settings = CounterfactualSettings() if settings is None else settings
-    r, origin, target, coef, intercept = _validate(r, origin, target, head, coef, intercept, settings)
-    if len(r) == 0:
-        return find_counterfactuals(r, origin, target, head, coef, intercept, check, settings, back, render, render_batch)
-    parts = [find_counterfactuals(r[i : i + 1], origin[i : i + 1], target[i : i + 1], head, coef, intercept, check,
-                                  settings, back, render, render_batch)
-             for i in range(len(r))]
-    return CounterfactualResult.concat(parts)
-
-
-def _search(r, origin, target, head, coef, intercept, check, s: CounterfactualSettings, back, render,
-            render_batch: int) -> CounterfactualResult:
-    dev = head.weight.device
-    f64 = torch.float64
-    weight = head.weight.detach().to(dev, f64).clone()
-    bias = head.bias.detach().to(dev, f64).clone() if head.bias is not None else torch.zeros(weight.shape[0], dtype=f64, device=dev)
-    coef = coef.detach().to(dev, f64).clone()
-    intercept = intercept.detach().to(dev, f64).clone()
-    r = r.detach().to(dev, f64).clone()
-    origin, target = origin.to(dev), target.to(dev)
-    n, units = r.shape
-    classes = weight.shape[0]
-    relu = _relu if s.nonnegative else (lambda x: x)
-    if render is not None:
-        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
-            return render(wp.float()).double()
-    elif back is None:
-        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
-            return rp @ weight.T + bias
-    else:  # the head on the back-mapped features, folded into one affine map of w
-        w_head = back[0].detach().to(dev, f64) @ weight.T
-        b_head = back[1].detach().to(dev, f64) @ weight.T + bias
-
-        def score(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
-            return wp @ w_head + b_head
-
-    w0 = r @ coef + intercept
-    scale = r.abs().mean(1)
-    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
-    d = torch.zeros_like(r)
-    m1 = torch.zeros_like(r)
-    m2 = torch.zeros_like(r)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    success = torch.zeros(n, dtype=torch.bool, device=dev)
-    steps = torch.full((n,), s.max_steps, dtype=torch.long, device=dev)
-    pred = torch.full((n,), -1, dtype=torch.long, device=dev)
-    rendered_p = torch.full((n, 2), float("nan"), dtype=f64, device=dev)  # check's p(origin), p(target)
-    rendered_p_before = rendered_p.clone()
-    # Without a check, the loss's own logits decide success; keep each item's latest ones, so that
-    # the final logits need no second pass (with ``render``, no second rendering of every item).
-    latest = torch.full((n, classes), float("nan"), dtype=f64, device=dev)
-
-    def score_chunked(rp: torch.Tensor, wp: torch.Tensor) -> torch.Tensor:
-        """The loss's logits without gradients, ``render_batch`` items at a time when rendering."""
-        with torch.no_grad():
-            if render is None or len(rp) == 0:
-                return score(rp, wp)
-            return torch.cat([score(a, b) for a, b in zip(rp.split(render_batch), wp.split(render_batch))])
-
-    def predict(idx: torch.Tensor) -> torch.Tensor:
-        rp = relu(r[idx] - d[idx])
-        wp = rp @ coef + intercept
-        if check is None:
-            latest[idx] = score_chunked(rp, wp)
-            return latest[idx].argmax(1)
-        with torch.no_grad():
-            out = check(wp.float())
-        out = torch.as_tensor(out).to(dev)
-        if out.ndim == 2 and out.shape == (len(idx), classes):
-            rendered_p[idx] = _pair_probs(out, origin[idx], target[idx])
-            out = out.argmax(1)
-        if out.shape != (len(idx),):
-            raise CounterfactualError(f"check must return logits [{len(idx)}, {classes}] or one class per w "
-                                      f"(shape [{len(idx)}]), got {tuple(out.shape)}")
-        return out.long()
-
-    def record(idx: torch.Tensor, step: int) -> None:
-        p = predict(idx)
-        pred[idx] = p
-        hit = idx[p == target[idx]]
-        success[hit] = True
-        done[hit] = True
-        steps[hit] = step
-
-    everyone = torch.arange(n, device=dev)
-    if n:
-        record(everyone, 0)
-    pred_before = pred.clone()
-    rendered_p_before.copy_(rendered_p)
-    logits_before = latest.clone()
-
-    def gradient(idx: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """d loss / d shift of items ``idx`` (a sum of per-item terms, so chunks are exact), and the
-        loss's logits at the current shift (detached)."""
-        grads, seen = [], []
-        weight_cosine = s.weight_cosine * (0.5 ** ((step - 1) / s.cosine_halflife) if s.cosine_halflife else 1.0)
-        chunk = render_batch if render is not None else max(len(idx), 1)
-        for part in idx.split(chunk):
-            da = d[part].requires_grad_(True)
-            rp = relu(r[part] - da)
-            wp = rp @ coef + intercept
-            logits = score(rp, wp)
-            cos = F.cosine_similarity(wp, w0[part], dim=1, eps=1e-12)
-            loss = (-s.weight_target * logits.gather(1, target[part, None])[:, 0]
-                    + s.weight_origin * logits.gather(1, origin[part, None])[:, 0]
-                    - weight_cosine * cos)
-            if s.weight_other > 0 and classes > 2:  # the strongest class other than origin and target
-                others = logits.scatter(1, torch.stack([origin[part], target[part]], 1), float("-inf"))
-                loss = loss + s.weight_other * others.max(1).values
-            loss = loss.sum()
-            grads.append(torch.autograd.grad(loss, da)[0])
-            seen.append(logits.detach())
-        return torch.cat(grads), torch.cat(seen)
-
-    for step in range(1, s.max_steps + 1):
-        idx = everyone[~done]
-        if len(idx) == 0:
-            break
-        grad, seen = gradient(idx, step)
-        if render is not None:
-            # The loss has just rendered and classified every running item at its current shift
-            # (after step - 1 updates): a free check at every step, which stops an item the
-            # moment its image shows the target instead of letting it overshoot to the next check.
-            hit = seen.argmax(1) == target[idx]
-            if bool(hit.any()):
-                won = idx[hit]
-                rendered_p[won] = _pair_probs(seen[hit], origin[won], target[won])
-                latest[won] = seen[hit]
-                pred[won], success[won], done[won], steps[won] = target[won], True, True, step - 1
-                idx, grad = idx[~hit], grad[~hit]
-                if len(idx) == 0:
-                    continue
-        da = d[idx]
-        with torch.no_grad():
-            m1[idx] = m1_i = s.beta1 * m1[idx] + (1 - s.beta1) * grad
-            m2[idx] = m2_i = s.beta2 * m2[idx] + (1 - s.beta2) * grad * grad
-            denom = (m2_i / (1 - s.beta2**step)).sqrt() + s.eps
-            new = da.detach() - (s.lr * scale[idx, None]) * (m1_i / (1 - s.beta1**step)) / denom
-            if s.l1 > 0:  # proximal step for l1 * |d| / scale in Adam's metric
-                new = new.sign() * (new.abs() - s.lr * s.l1 / denom).clamp_min(0)
-            if s.nonnegative:  # keep r - d >= 0: d is then exactly the realised shift
-                new = torch.minimum(new, r[idx])
-            d[idx] = new
-        # Without a separate check, scoring the rendering already checks every step: only the
-        # state after the last step is left to look at.
-        periodic = step % s.check_every == 0 and not (render is not None and check is None)
-        if periodic or step == s.max_steps:
-            record(idx, step)
-
-    with torch.no_grad():
-        r_after = relu(r - d)
-        shift = r - r_after
-        w_after = r_after @ coef + intercept
-        if check is None:  # every item's state at step 0 and at its end was scored on the way
-            logits_after = latest
-        else:
-            logits_before, logits_after = score_chunked(r, w0), score_chunked(r_after, w_after)
-        p_before, p_after = logits_before.softmax(1), logits_after.softmax(1)
-        rows = everyone
-        conf = {"conf_origin_before": p_before[rows, origin], "conf_origin_after": p_after[rows, origin],
-                "conf_target_before": p_before[rows, target], "conf_target_after": p_after[rows, target]}
-        # check gave logits at step 0 and at every item's last check: the rendered images' confidences
-        if n and check is not None and not bool(torch.isnan(rendered_p_before).any() | torch.isnan(rendered_p).any()):
-            conf = {"conf_origin_before": rendered_p_before[:, 0], "conf_origin_after": rendered_p[:, 0],
-                    "conf_target_before": rendered_p_before[:, 1], "conf_target_after": rendered_p[:, 1]}
-        moved = shift.abs() > s.l0_tol * scale[:, None]
-        k = min(s.top_units, units)
-        order = torch.sort(shift.abs(), dim=1, descending=True, stable=True).indices[:, :k]
-        top = torch.where(moved.gather(1, order), order, torch.full_like(order, -1))
-        out = {
-            "origin": origin, "target": target, "shift": shift, "success": success, "steps": steps, "r_after": r_after,
-            "w_before": w0, "w_after": w_after,
-            "cosine": F.cosine_similarity(w_after, w0, dim=1, eps=1e-12),
-            "logits_before": logits_before, "logits_after": logits_after, **conf,
-            "pred_before": pred_before, "pred_after": pred,
-            "l1": shift.abs().sum(1), "l0": moved.sum(1), "top_units": top,
-        }
-    return CounterfactualResult(**{
-        key: v.detach().cpu().float() if v.dtype == f64 else v.detach().cpu() for key, v in out.items()
-    })
+@_takes_arguments_of(SearchProblem.of)
+def find_counterfactuals_one_by_one(problem: SearchProblem) -> CounterfactualResult:
+    """The same search, one item at a time: the baseline the batched search is measured against."""
+    if len(problem) == 0:
+        return search(problem)
+    return CounterfactualResult.concat([search(problem.item(i)) for i in range(len(problem))])
 
 
 # ----------------------------------------------------------------------------- helpers

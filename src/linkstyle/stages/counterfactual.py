@@ -26,6 +26,7 @@ from ..artifacts import (
 )
 from ..config import MAX_CLASSES_FOR_ALL_PAIRS, Config, CounterfactualConfig, did_you_mean
 from ..counterfactual import (
+    Check,
     CounterfactualError,
     CounterfactualResult,
     CounterfactualSettings,
@@ -36,6 +37,7 @@ from ..counterfactual import (
     rendered_logits,
 )
 from ..io import empty_table, read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
+from ..linking import LinearLink
 from ..runtime import autocast, progress, run_batched
 from .context import Context
 from .link import load_link, read_select
@@ -175,8 +177,39 @@ def _ranks(x: np.ndarray) -> np.ndarray:
     return ranks
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The search's items, pair by pair: each item's row of the select arrays, origin and target."""
+
+    rows: np.ndarray  # int64 [items]
+    origin: np.ndarray  # int64 [items]
+    target: np.ndarray  # int64 [items]
+
+    @classmethod
+    def of(cls, starts: Starts, pairs: list[tuple[int, int]]) -> Plan:
+        """Every target of one origin starts from that origin's samples."""
+        return cls(rows=np.concatenate([starts.rows[o] for o, t in pairs]).astype(np.int64),
+                   origin=np.concatenate([np.full(len(starts.rows[o]), o) for o, t in pairs]).astype(np.int64),
+                   target=np.concatenate([np.full(len(starts.rows[o]), t) for o, t in pairs]).astype(np.int64))
+
+    def of_pair(self, o: int, t: int) -> np.ndarray:
+        return (self.origin == o) & (self.target == t)
+
+
+@dataclass(frozen=True)
+class Renderings:
+    """Images [items, H, W, 3] uint8 before and after each item's shift, their mean absolute
+    difference in [0, 1], and which items' images are stored (``image_item``; ``image_of``: -1 if not)."""
+
+    before: np.ndarray
+    after: np.ndarray
+    distance: np.ndarray
+    image_item: np.ndarray
+    image_of: np.ndarray
+
+
 def run_counterfactual(ctx: Context, name: str) -> None:
-    cfg, paths, cc = ctx.cfg, ctx.paths, ctx.cfg.counterfactual
+    cfg, cc = ctx.cfg, ctx.cfg.counterfactual
     table, arrays = read_select(ctx, name)
     r = arrays["r"].astype(np.float32)
     settings = settings_of(cc, nonnegative=bool((r >= 0).all()))
@@ -191,82 +224,103 @@ def run_counterfactual(ctx: Context, name: str) -> None:
     check = render_and_classify(gen, clf, cfg.generator.batch_size, cfg.precision)
     origins = sorted({o for o, _ in pairs})
     starts = choose_starts(table, r, link, check, origins, cc.samples_per_pair)
+    plan = Plan.of(starts, pairs)
+    res = search_items(ctx, name, r, plan, head, link, check, settings)
+    log.info("%s: %d counterfactuals over %d pairs, success %.2f", name, len(res), len(pairs), res.success_rate)
 
-    rows = np.concatenate([starts.rows[o] for o, t in pairs]).astype(np.int64)
-    origin = np.concatenate([np.full(len(starts.rows[o]), o) for o, t in pairs]).astype(np.int64)
-    target = np.concatenate([np.full(len(starts.rows[o]), t) for o, t in pairs]).astype(np.int64)
-    dev = ctx.device
+    images = render_items(ctx, res, plan, pairs)
+    names = tuple(gen.class_names)
+    items = items_table(res, plan, table, r, names, images)
+    drivers = drivers_table(res, plan, pairs, cc.top_units)
+    agreement: dict[tuple[int, int], dict[str, float]] = {}
+    if callable(getattr(gen, "factors", None)) and hasattr(gen, "factor_names"):
+        w_all, cls_all = arrays["w"], table["cls"].to_numpy()
+        w_class = {c: w_all[cls_all == c] for c in {c for pair in pairs for c in pair}}
+        factors, agreement = factor_table(gen, res, w_class, pairs, ctx.device)
+    else:
+        factors = empty_table(COUNTERFACTUAL_FACTORS)
+    metrics = summarise(name, cfg, items, pairs, starts, agreement, names)
+    metrics["nonnegative_features"] = settings.nonnegative
+    write_outputs(ctx, name, res, images, items, drivers, factors, metrics)
+
+
+def search_items(ctx: Context, name: str, r: np.ndarray, plan: Plan, head: torch.nn.Linear, link: LinearLink,
+                 check: Check, settings: CounterfactualSettings) -> CounterfactualResult:
+    """Every item, ``counterfactual.batch_size`` at a time, scored as ``logits_from`` says."""
+    cfg, cc, dev = ctx.cfg, ctx.cfg.counterfactual, ctx.device
     head = head.to(dev)
     back = render = None
     if cc.logits_from == "back_map":
         back = tuple(torch.from_numpy(b).to(dev) for b in (link.back_coef, link.back_intercept))
     elif cc.logits_from == "rendering":
+        clf = ctx.classifier(name)
         clf.requires_grad_(False)  # gradients flow to the shift only
-        render = rendered_logits(gen, clf, cfg.precision)
+        render = rendered_logits(ctx.generator, clf, cfg.precision)
     parts = []
-    with progress(len(rows), f"counterfactual {name}", unit="item") as bar:
-        for lo in range(0, len(rows), cc.batch_size):
+    with progress(len(plan.rows), f"counterfactual {name}", unit="item") as bar:
+        for lo in range(0, len(plan.rows), cc.batch_size):
             sl = slice(lo, lo + cc.batch_size)
             parts.append(find_counterfactuals(
-                torch.from_numpy(r[rows[sl]]).to(dev), torch.from_numpy(origin[sl]).to(dev),
-                torch.from_numpy(target[sl]).to(dev), head, torch.from_numpy(link.coef).to(dev),
+                torch.from_numpy(r[plan.rows[sl]]).to(dev), torch.from_numpy(plan.origin[sl]).to(dev),
+                torch.from_numpy(plan.target[sl]).to(dev), head, torch.from_numpy(link.coef).to(dev),
                 torch.from_numpy(link.intercept).to(dev),
                 None if render is not None else check, settings,  # scoring the rendering checks every step itself
                 back=back, render=render, render_batch=cfg.generator.batch_size,
             ))
             bar.update(len(parts[-1]))
-    res = CounterfactualResult.concat(parts)
-    log.info("%s: %d counterfactuals over %d pairs, success %.2f", name, len(res), len(pairs), res.success_rate)
+    return CounterfactualResult.concat(parts)
 
-    # Every target of one origin starts from the same samples: render each start once.
-    _, first, start_of = np.unique(rows, return_index=True, return_inverse=True)
+
+def render_items(ctx: Context, res: CounterfactualResult, plan: Plan, pairs: list[tuple[int, int]]) -> Renderings:
+    """Each item's image before and after; every target of one origin starts from the same
+    samples, so each start is rendered once."""
+    _, first, start_of = np.unique(plan.rows, return_index=True, return_inverse=True)
     before = render_uint8(ctx, res.w_before.numpy()[first])[start_of]
     after = render_uint8(ctx, res.w_after.numpy())
     distance = np.abs(after.astype(np.float32) - before.astype(np.float32)).mean((1, 2, 3)) / 255.0
-    image_item = np.concatenate([np.flatnonzero((origin == o) & (target == t))[: cc.images_per_pair] for o, t in pairs])
+    per_pair = ctx.cfg.counterfactual.images_per_pair
+    image_item = np.concatenate([np.flatnonzero(plan.of_pair(o, t))[:per_pair] for o, t in pairs])
     image_of = np.full(len(res), -1, dtype=np.int64)
     image_of[image_item] = np.arange(len(image_item))
+    return Renderings(before, after, distance, image_item, image_of)
 
-    names = tuple(gen.class_names)
-    top = res.top_units.numpy()
-    items = pd.DataFrame({
+
+def items_table(res: CounterfactualResult, plan: Plan, table: pd.DataFrame, r: np.ndarray, names: tuple[str, ...],
+                images: Renderings) -> pd.DataFrame:
+    """One row per item (COUNTERFACTUAL_ITEMS)."""
+    origin, target, rows = plan.origin, plan.target, plan.rows
+    return pd.DataFrame({
         "item": np.arange(len(res)), "origin": origin, "target": target,
         "origin_name": [names[o] for o in origin], "target_name": [names[t] for t in target],
         "seed": table["seed"].to_numpy()[rows], "split": table["split"].to_numpy()[rows],
         "success": res.success.numpy(), "steps": res.steps.numpy(), "l1": res.l1.numpy(),
         "l1_relative": res.l1.numpy() / np.maximum(np.abs(r[rows]).sum(1), 1e-12), "l0": res.l0.numpy(),
-        "cosine": res.cosine.numpy(), "image_distance": distance,
+        "cosine": res.cosine.numpy(), "image_distance": images.distance,
         "conf_origin_before": res.conf_origin_before.numpy(), "conf_origin_after": res.conf_origin_after.numpy(),
         "conf_target_before": res.conf_target_before.numpy(), "conf_target_after": res.conf_target_after.numpy(),
         "pred_before": res.pred_before.numpy(), "pred_after": res.pred_after.numpy(),
-        "top_units": [",".join(str(u) for u in row if u >= 0) for row in top], "image": image_of,
+        "top_units": [",".join(str(u) for u in row if u >= 0) for row in res.top_units.numpy()], "image": images.image_of,
     }, columns=list(COUNTERFACTUAL_ITEMS))
 
+
+def drivers_table(res: CounterfactualResult, plan: Plan, pairs: list[tuple[int, int]], top_units: int) -> pd.DataFrame:
+    """Per pair, the units most often among its successful items' top shifted units (COUNTERFACTUAL_DRIVERS)."""
     drivers = []
     for o, t in pairs:
-        mine = (origin == o) & (target == t) & res.success.numpy()
-        d = driving_units(res.shift.numpy()[mine], cc.top_units)
+        d = driving_units(res.shift.numpy()[plan.of_pair(o, t) & res.success.numpy()], top_units)
         drivers.append(d.assign(origin=o, target=t, rank=np.arange(1, len(d) + 1)))
-    drivers_table = pd.concat([empty_table(COUNTERFACTUAL_DRIVERS), *drivers], ignore_index=True)[list(COUNTERFACTUAL_DRIVERS)]
-    drivers_table = drivers_table.astype({"origin": "int64", "target": "int64", "rank": "int64", "unit": "int64",
-                                          "count": "int64"})
+    out = pd.concat([empty_table(COUNTERFACTUAL_DRIVERS), *drivers], ignore_index=True)[list(COUNTERFACTUAL_DRIVERS)]
+    return out.astype({"origin": "int64", "target": "int64", "rank": "int64", "unit": "int64", "count": "int64"})
 
-    agreement: dict[tuple[int, int], dict[str, float]] = {}
-    if callable(getattr(gen, "factors", None)) and hasattr(gen, "factor_names"):
-        w_all, cls_all = arrays["w"], table["cls"].to_numpy()
-        w_class = {c: w_all[cls_all == c] for c in {c for pair in pairs for c in pair}}
-        factors, agreement = factor_table(gen, res, w_class, pairs, dev)
-    else:
-        factors = empty_table(COUNTERFACTUAL_FACTORS)
 
-    metrics = summarise(name, cfg, items, pairs, starts, agreement, names)
-    metrics["nonnegative_features"] = settings.nonnegative
-    made = ctx.origin("counterfactual", classifier=name)
+def write_outputs(ctx: Context, name: str, res: CounterfactualResult, images: Renderings, items: pd.DataFrame,
+                  drivers: pd.DataFrame, factors: pd.DataFrame, metrics: dict[str, Any]) -> None:
+    paths, made, item = ctx.paths, ctx.origin("counterfactual", classifier=name), images.image_item
     write_npz(paths.counterfactual_arrays(name), made, item=np.arange(len(res)), shift=res.shift.numpy(),
-              w_before=res.w_before.numpy(), w_after=res.w_after.numpy(), top_units=top, image_item=image_item,
-              images_before=before[image_item], images_after=after[image_item])
+              w_before=res.w_before.numpy(), w_after=res.w_after.numpy(), top_units=res.top_units.numpy(),
+              image_item=item, images_before=images.before[item], images_after=images.after[item])
     write_parquet(items, paths.counterfactual_items(name), made)
-    write_parquet(drivers_table, paths.counterfactual_drivers(name), made)
+    write_parquet(drivers, paths.counterfactual_drivers(name), made)
     write_parquet(factors, paths.counterfactual_factors(name), made)
     write_json(metrics, paths.counterfactual_metrics(name), made)
     ctx.wrote(paths.counterfactual_items(name), paths.counterfactual_arrays(name), paths.counterfactual_drivers(name),
