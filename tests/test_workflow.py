@@ -149,6 +149,36 @@ def test_tiny_workflow_finds_counterfactuals_for_every_pair(tiny_run):
     assert "Counterfactuals per class pair" in paths.report.read_text()
 
 
+def test_every_figure_caption_has_one_home_that_both_reports_read():
+    """The caption of each figure kind is package data, read by report.html and by `snakemake --report`."""
+    from linkstyle.artifacts import FIGURE_KINDS, figure_caption
+    from linkstyle.stages.report import Page
+
+    assert sorted(p.name for p in (REPO / "workflow" / "report").glob("*.rst")) == ["workflow.rst"]
+    page = Page()
+    for kind, *_ in FIGURE_KINDS:
+        text = figure_caption(kind)
+        assert text.startswith("**") and len(text) > 100, kind
+        shown = page.figure(f"{kind} <title>", kind, b"png")
+        assert "**" not in shown and "``" not in shown and "&lt;title&gt;" in shown and "__" not in shown, kind
+    assert "<template" not in page.page and "<!--" not in page.page
+
+
+def test_report_inputs_list_every_artifact_the_report_reads_once():
+    """One list (artifacts.report_inputs) gives the report rule's inputs and report.require_inputs's checks."""
+    from linkstyle.artifacts import origin, report_inputs
+    from linkstyle.units import unit_shards
+
+    cfg = load_config(REPO / ".test" / "config" / "config.yaml")
+    needed = report_inputs(cfg)
+    assert len({n.path for n in needed}) == len(needed)
+    tune = [n for n in needed if n.stage == "tune"]
+    assert len(tune) == sum(len(unit_shards(cfg, c.name)) for c in cfg.classifiers)
+    assert {n.stage for n in needed} == {"train", "link", "selectivity", "tune", "counterfactual", "actmax"}
+    for n in needed:  # each names a stage and the options that remake it
+        assert origin(cfg, n.stage, **n.wildcards).remake.startswith("linkstyle ")
+
+
 @pytest.mark.slow
 def test_tiny_workflow_draws_every_figure_as_png_and_pdf_for_the_snakemake_report(tiny_run, tmp_path):
     work, cfg_file, paths = tiny_run

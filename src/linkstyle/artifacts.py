@@ -7,12 +7,14 @@ with a message that names the file and the command that remakes it (see ``io.py`
 
 from __future__ import annotations
 
-from typing import Iterable
+from importlib import resources
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple
 
 from .config import STAGE_SECTIONS, Config
 from .io import Array, Columns, Origin
 from .paths import RunPaths
-from .units import counterfactual_classifiers
+from .units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards
 
 #: Stages whose CLI command is not the stage name.
 COMMAND_OF_STAGE = {"label_export": "label export", "label_import": "label import", "train_segmenter": "train-segmenter"}
@@ -184,7 +186,7 @@ ACTMAX_ARRAYS: dict[str, Array] = {
 
 #: Every figure of a run: (file stem, classifier or None, report category). The report stage draws
 #: exactly these (PNG for the report, PDF for papers) and the report rule declares them, each with
-#: its caption workflow/report/<kind>.rst for `snakemake --report`.
+#: its caption (figure_caption) for `snakemake --report` and report.html.
 FIGURE_KINDS = (
     ("linking", False, "Linking"),
     ("sweeps", True, "Units"),
@@ -197,6 +199,15 @@ FIGURE_KINDS = (
     ("counterfactual-pairs", True, "Counterfactuals"),
     ("concept-recovery", False, "Ground truth"),
 )
+
+#: Where each figure kind's caption lives, inside the package: ``<CAPTIONS>/<kind>.rst`` (package data),
+#: the one text that `snakemake --report` (workflow/rules/common.smk) and report.html both show.
+CAPTIONS = "templates/captions"
+
+
+def figure_caption(kind: str) -> str:
+    """The caption of a figure kind, as reStructuredText (one paragraph: **strong** and ``literal`` markup)."""
+    return resources.files("linkstyle").joinpath(f"{CAPTIONS}/{kind}.rst").read_text(encoding="utf-8")
 
 
 def figure_files(cfg: Config) -> list[tuple[str, str, str, str | None]]:
@@ -211,3 +222,33 @@ def figure_files(cfg: Config) -> list[tuple[str, str, str, str | None]]:
         else:
             out.append((kind, kind, category, None))
     return out
+
+
+class ReportInput(NamedTuple):
+    """An artifact the report stage reads, and the stage (with its wildcards) that makes it."""
+
+    path: Path
+    stage: str
+    wildcards: dict[str, object]
+
+
+def report_inputs(cfg: Config) -> list[ReportInput]:
+    """Everything the report reads: the report rule's inputs (workflow/rules/report.smk), and what the
+    report stage checks before it draws anything (stages/report.require_inputs)."""
+    paths = RunPaths(cfg.run_dir)
+    names = [c.name for c in cfg.classifiers]
+
+    def each(stage: str, classifiers: Iterable[str], *kinds: Callable[[str], Path]) -> list[ReportInput]:
+        return [ReportInput(kind(c), stage, {"classifier": c}) for kind in kinds for c in classifiers]
+
+    return [
+        *each("train", [c.name for c in cfg.classifiers if c.kind in TRAINED_BY_WORKFLOW], paths.classifier_metrics),
+        *each("link", names, paths.link_metrics),
+        *each("selectivity", names, paths.selectivity_units, paths.selectivity_features, paths.selectivity_population,
+              paths.selectivity_recovery, paths.selectivity_planted, paths.selectivity_explanations),
+        *[ReportInput(paths.tune_arrays(c, s), "tune", {"classifier": c, "shard": s})
+          for c in names for s in range(len(unit_shards(cfg, c)))],
+        *each("counterfactual", counterfactual_classifiers(cfg), paths.counterfactual_items, paths.counterfactual_arrays,
+              paths.counterfactual_drivers, paths.counterfactual_factors, paths.counterfactual_metrics),
+        *each("actmax", names, paths.actmax_table, paths.actmax_arrays),
+    ]

@@ -12,7 +12,7 @@ from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
 from linkstyle.units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards  # noqa: E402
-from linkstyle.artifacts import figure_files  # noqa: E402
+from linkstyle.artifacts import CAPTIONS, figure_files, report_inputs  # noqa: E402
 from snakemake.io import report as for_report  # noqa: E402  (`report` would open a directive)
 
 try:
@@ -104,7 +104,8 @@ onstart:
 
 # ----------------------------------------------------------------------------- the rules' input functions
 
-# Every figure, marked for `snakemake --report` with its caption (workflow/report/<kind>.rst).
+# Every figure, marked for `snakemake --report` with its caption (package data: src/linkstyle/templates/captions/
+# <kind>.rst, which report.html shows too).
 FIGURES = figure_files(CFG)
 
 
@@ -125,13 +126,18 @@ def figure_outputs():
     return [
         for_report(
             PATHS.figure(name),
-            caption=f"../report/{kind}.rst",
+            caption=f"../../src/linkstyle/{CAPTIONS}/{kind}.rst",  # relative to workflow/rules/report.smk
             category=category,
             subcategory=clf or "all classifiers",
             labels={"figure": kind, "classifier": clf or "all"},
         )
         for name, kind, category, clf in FIGURES
     ]
+
+
+def report_input_files(wildcards=None):
+    """What the report reads (artifacts.report_inputs, which the report stage checks before drawing)."""
+    return [needed.path for needed in report_inputs(CFG)]
 
 
 def classifier_weights(wildcards=None):

@@ -1,22 +1,7 @@
 rule report:
     """Figures (PNG and PDF), report.html and summary.json for the whole run, from the artifacts alone."""
     input:
-        [PATHS.classifier_metrics(c) for c in TRAINED],
-        [PATHS.link_metrics(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_units(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_features(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_population(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_recovery(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_planted(c) for c in CLASSIFIERS],
-        [PATHS.selectivity_explanations(c) for c in CLASSIFIERS],
-        [PATHS.tune_arrays(c, s) for c in CLASSIFIERS for s in range(SHARDS[c])],
-        [PATHS.counterfactual_items(c) for c in SEARCHED],
-        [PATHS.counterfactual_arrays(c) for c in SEARCHED],
-        [PATHS.counterfactual_drivers(c) for c in SEARCHED],
-        [PATHS.counterfactual_factors(c) for c in SEARCHED],
-        [PATHS.counterfactual_metrics(c) for c in SEARCHED],
-        [PATHS.actmax_table(c) for c in CLASSIFIERS],
-        [PATHS.actmax_arrays(c) for c in CLASSIFIERS],
+        report_input_files,
     output:
         report=PATHS.report,
         summary=PATHS.summary,

@@ -6,6 +6,9 @@ import base64
 import html
 import io
 import math
+import re
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,10 @@ from ..artifacts import (  # noqa: E402
     SELECTIVITY_RECOVERY,
     SELECTIVITY_UNITS,
     TUNE_ARRAYS,
+    figure_caption,
+    report_inputs,
 )
-from ..config import Config  # noqa: E402
+from ..config import ClassifierConfig, Config  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
 from ..selectivity import UNRANKED, top_units  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
@@ -420,26 +425,6 @@ def job_seconds(bench_dir: Path, rule: str, classifier: str) -> float | None:
     return sum(float(_benchmark_row(f)["s"]) for f in files) if files else None
 
 
-def _img(data: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-
-
-def _table(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.values()) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return "n/a" if not math.isfinite(v) else f"{v:.3f}"
-    return "n/a" if v is None else str(v)
-
-
 def sweep_summary(cfg: Config, units: pd.DataFrame, actmax_arrays: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """How far the sweeps move their own units (gain = realised change / target change); with the
     actmax stage's arrays, the median gain of the report's units along each direction (one start)."""
@@ -473,222 +458,293 @@ def planted_summary(planted: pd.DataFrame) -> dict[str, Any] | None:
 
 
 def require_inputs(ctx: Context) -> None:
-    """Every artifact the report reads after the link metrics, checked before any figure is drawn: a
-    missing one names the stage that makes it (and how to run it), and nothing is redrawn from half
-    the inputs."""
-    cfg, paths = ctx.cfg, ctx.paths
-    needed = []
-    for c in cfg.classifiers:
-        sel, cf = ctx.origin("selectivity", classifier=c.name), ctx.origin("counterfactual", classifier=c.name)
-        needed += [(paths.selectivity_units(c.name), sel), (paths.selectivity_features(c.name), sel),
-                   (paths.selectivity_population(c.name), sel), (paths.selectivity_recovery(c.name), sel),
-                   (paths.selectivity_planted(c.name), sel)]
-        if c.name in counterfactual_classifiers(cfg):
-            needed += [(paths.counterfactual_items(c.name), cf), (paths.counterfactual_arrays(c.name), cf),
-                       (paths.counterfactual_drivers(c.name), cf), (paths.counterfactual_metrics(c.name), cf)]
-        am = ctx.origin("actmax", classifier=c.name)
-        needed += [(paths.actmax_table(c.name), am), (paths.actmax_arrays(c.name), am)]
-        if c.kind in TRAINED_BY_WORKFLOW:
-            needed.append((paths.classifier_metrics(c.name), ctx.origin("train", classifier=c.name)))
-    for path, made in needed:
-        if not path.is_file():
-            raise missing_error(path, made)
+    """Every artifact the report rule declares (artifacts.report_inputs), checked before any figure is
+    drawn: a missing one names the stage that makes it (and how to run it), and nothing is redrawn from
+    half the inputs."""
+    for needed in report_inputs(ctx.cfg):
+        if not needed.path.is_file():
+            raise missing_error(needed.path, ctx.origin(needed.stage, **needed.wildcards))
+
+
+#: A figure of report.html: its title, its kind (whose caption it carries) and its PNG.
+Figure = tuple[str, str, bytes]
+
+
+@dataclass
+class Selectivity:
+    """One classifier's tables from the selectivity stage."""
+
+    units: pd.DataFrame
+    features: pd.DataFrame
+    population: pd.DataFrame
+    recovery: pd.DataFrame
+    planted: pd.DataFrame
+
+
+@dataclass
+class Drawn:
+    """What the report has drawn and gathered so far, classifier by classifier."""
+
+    figures: list[Figure]
+    classifiers: dict[str, dict[str, Any]] = field(default_factory=dict)  # summary.json's, per classifier
+    unit_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    units: dict[str, pd.DataFrame] = field(default_factory=dict)
+    populations: dict[str, pd.DataFrame] = field(default_factory=dict)
+    recoveries: list[pd.DataFrame] = field(default_factory=list)
+    resolution: int = 0
+
+
+def read_selectivity(ctx: Context, name: str) -> Selectivity:
+    made, paths = ctx.origin("selectivity", classifier=name), ctx.paths
+    return Selectivity(
+        units=read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS),
+        features=read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES),
+        population=read_parquet(paths.selectivity_population(name), origin=made, schema=SELECTIVITY_POPULATION),
+        recovery=read_parquet(paths.selectivity_recovery(name), origin=made, schema=SELECTIVITY_RECOVERY),
+        planted=read_parquet(paths.selectivity_planted(name), origin=made, schema=SELECTIVITY_PLANTED),
+    )
 
 
 def run_report(ctx: Context) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    figs: list[tuple[str, str, bytes]] = []
     link_metrics = {
         c.name: read_json(paths.link_metrics(c.name), origin=ctx.origin("link", classifier=c.name), keys=LINK_METRICS)
         for c in cfg.classifiers
     }
     require_inputs(ctx)
-    figs.append(("Linking quality", "OLS and ridge maps r -> w on the test split.", figure_linking(link_metrics, paths.figures / "linking.png")))
-    summary_clf: dict[str, Any] = {}
-    unit_rows: dict[str, list[dict[str, Any]]] = {}
-    recoveries = []
-    planted_rows: dict[str, pd.DataFrame] = {}
-    all_units: dict[str, pd.DataFrame] = {}
-    all_populations: dict[str, pd.DataFrame] = {}
+    drawn = Drawn([("Linking quality", "linking", figure_linking(link_metrics, paths.figures / "linking.png"))])
     for clf in cfg.classifiers:
-        name = clf.name
-        made = ctx.origin("selectivity", classifier=name)
-        units = read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS)
-        features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
-        population = read_parquet(paths.selectivity_population(name), origin=made, schema=SELECTIVITY_POPULATION)
-        recovery = read_parquet(paths.selectivity_recovery(name), origin=made, schema=SELECTIVITY_RECOVERY)
-        planted = read_parquet(paths.selectivity_planted(name), origin=made, schema=SELECTIVITY_PLANTED)
-        if len(planted):
-            planted_rows[name] = planted
-        top = top_units(units, cfg.report.top_units)
-        images = sweep_images(ctx, name, top["unit"].tolist())
-        resolution = next(iter(images.values())).shape[-2]
-        figs.append((f"{name}: sweeps", "Each row is one unit swept from its lowest to its highest observed activation, for two "
-                     "start samples; the label names the part and property that change most, or says why there is none.",
-                     figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
-        am_table, am_arrays = read_actmax(ctx, name)
-        swept = set(analysed_units(cfg, name))
-        am_sweeps = {**images, **sweep_images(ctx, name, [int(u) for u in am_arrays["unit"] if u in swept and u not in images])}
-        figs.append((f"{name}: activation maximisation", "Each row is one unit: its linking sweep (one start sample, low to "
-                     "high activation; one generator pass per image) beside the image that activation maximisation "
-                     "optimised for it (actmax.steps forward and backward passes of the classifier). The label gives "
-                     "the unit's activation on that image and the top of its sweep (the largest one seen on real "
-                     "samples with tune.bounds: minmax).",
-                     figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))))
-        figs.append((f"{name}: sweep directions", "Each block is one unit of the report swept from the same start "
-                     "sample along each sweep direction (tune.direction; one row each): the link's row (the paper's), "
-                     "the unit's within-class activation pattern, and the least change of w that moves the unit's "
-                     "read-out of w. The gain says how far each moved the unit (realised / target change).",
-                     figure_directions(am_arrays, name, paths.figure(f"directions-{name}"))))
-        figs.append((f"{name}: selectivity", "Largest changes of part properties along each sweep, in spreads of the property over the reference images (effect sizes).",
-                     figure_selectivity(features, top, name, paths.figures / f"selectivity-{name}.png")))
-        figs.append((f"{name}: population", "Faithfulness of all sweeps, the selectivity index, and the share of units whose "
-                     "concept label names each part and property.",
-                     figure_population(population, units, name, cfg.selectivity.faithful_min_spearman,
-                                       paths.figures / f"population-{name}.png")))
-        if len(recovery):
-            recoveries.append(recovery)
-        all_units[name], all_populations[name] = units, population
-        counterfactuals = None
-        if name in counterfactual_classifiers(cfg):
-            cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
-            counterfactuals = counterfactual_summary(cf_metrics, label_drivers(cf_drivers, units))
-            figs.append((f"{name}: counterfactuals", "For one start sample per class pair: the image rendered from the "
-                         "linked features of the original, the image rendered after the shift of the penultimate features "
-                         "that made the classifier see the target class, and where the two differ (brighter: more).",
-                         figure_counterfactuals(read_counterfactual_images(ctx, name), cf_items, name,
-                                                paths.figures / f"counterfactuals-{name}.png")))
-            figs.append((f"{name}: counterfactual success", "Share of start samples whose rendered image the classifier "
-                         "assigns to the target class within the step limit, per pair; on the built-in world, also how "
-                         "well the ground-truth factors the counterfactuals change line up with those that separate the "
-                         "two species.",
-                         figure_pair_matrix(cf_metrics, name, paths.figures / f"counterfactual-pairs-{name}.png")))
-        accuracy = None
-        if clf.kind in TRAINED_BY_WORKFLOW:
-            accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
-                                 keys=CLASSIFIER_METRICS)["heldout_accuracy"]
-        lm = link_metrics[name]
-        used = lm[cfg.link.method]["test"]
-        total = population[(population["part"] == "*") & (population["property"] == "*")].iloc[0]
-        summary_clf[name] = {
-            "heldout_accuracy": accuracy,
-            "link_method": cfg.link.method,
-            "link_r2_test": used["r2"],
-            "link_r2_test_ols": lm["ols"]["test"]["r2"],
-            "link_r2_test_ridge": lm["ridge"]["test"]["r2"],
-            "cycle_agreement_test": used["cycle_agreement"],
-            "cycle_feature_correlation_test": used["cycle_feature_correlation"],
-            "linear_cka": lm["geometry"]["linear_cka"],
-            "units_in_model": unit_count(cfg, name),
-            "units_analysed": int(units["unit"].nunique()),
-            "faithful_units": int(units["faithful"].sum()),
-            "faithful_share": float(units["faithful"].mean()),
-            "selective_units": int(total["n_selective"]),
-            "selective_share": float(total["share"]),
-            "selective_faithful_units": int(total["n_selective_faithful"]),
-            "concept_recovery": {
-                row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
-                                                         "top3_concept_agreement", "chance_part_agreement",
-                                                         "chance_concept_agreement", "swept_iou",
-                                                         "label_agreement_with_truth", "label_in_truth_top3")}
-                for row in recovery[recovery["part"] == "all"].itertuples()
-            },
-            "sweeps": sweep_summary(cfg, units, am_arrays),
-            "planted": planted_summary(planted),
-            "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
-            "counterfactual": counterfactuals,  # None where none are searched (a planted classifier)
-            "actmax": actmax_summary(am_table, paths.root / "benchmarks", name, int(units["unit"].nunique())),
-        }
-        unit_rows[name] = [
-            {
-                "unit": int(r.unit),
-                "concept": r.concept,
-                "explanation": r.concepts or "none",
-                "gain": float(r.gain),
-                "largest change": f"{r.top_part}.{r.top_property}",
-                "effect": float(r.top_delta_std),
-                "sign agreement": float(r.top_agreement),
-                "selectivity index": float(r.selectivity_index),
-                "top factor": getattr(r, "top_factor", "n/a"),
-                "factor change (sd)": float(getattr(r, "top_factor_delta_std", float("nan"))),
-                "faithfulness": float(r.faithfulness),
-                "faithful": bool(r.faithful),
-            }
-            for r in top.itertuples()
-        ]
-    figs.append(("Classifiers side by side", "The selectivity index and faithfulness of every analysed unit, and the share "
-                 "of units whose label names each part, for all classifiers in one figure.",
-                 figure_population_compare(all_units, all_populations, paths.figure("population-compare"))))
-    if cfg.generator.has_ground_truth:  # drawn even when no unit is labelled (then with no bars)
-        recovery_all = pd.concat(recoveries, ignore_index=True) if recoveries else empty_table(SELECTIVITY_RECOVERY)
-        figs.append(("Concept recovery (ground truth)", "For every labelled unit of the built-in world, does its label name "
-                     "a part (left) or a part and property (right) that the unit's dominant ground-truth factor changes? "
-                     "Bars per truth part, for each mask source; ticks mark the agreement expected by chance.",
-                     figure_recovery(recovery_all, paths.figures / "concept-recovery.png")))
+        report_classifier(ctx, clf, link_metrics[clf.name], drawn)
+    drawn.figures += overview_figures(ctx, drawn)
     timing = stage_timing(paths.root / "benchmarks")
     summary = {
         "run": cfg.run,
         "generator": cfg.generator.kind,
-        "resolution": int(resolution),
+        "resolution": int(drawn.resolution),
         "classes": list(cfg.classes),
-        "classifiers": summary_clf,
+        "classifiers": drawn.classifiers,
         "timing": timing,
         "peak_job_rss_mb": max((t["max_rss_mb"] for t in timing.values()), default=None),
     }
     write_json(summary, paths.summary, ctx.origin("report"))
-    write_text(_html(cfg.run, summary, figs, unit_rows), paths.report)
+    write_text(render_html(cfg.run, summary, drawn.figures, drawn.unit_rows), paths.report)
     ctx.wrote(paths.figures, paths.summary, paths.report)
 
 
-def _html(run: str, summary: dict[str, Any], figs: list[tuple[str, str, bytes]], unit_rows: dict[str, list[dict[str, Any]]]) -> str:
-    headline = [
-        {"classifier": name, **{k: v for k, v in s.items() if not isinstance(v, dict)}}
-        for name, s in summary["classifiers"].items()
+def report_classifier(ctx: Context, clf: ClassifierConfig, link_metrics: dict[str, Any], drawn: Drawn) -> None:
+    """One classifier's figures (in report order), headline numbers and table of most selective units."""
+    name = clf.name
+    sel = read_selectivity(ctx, name)
+    top = top_units(sel.units, ctx.cfg.report.top_units)
+    am_table, am_arrays = unit_figures(ctx, name, sel, top, drawn)
+    if len(sel.recovery):
+        drawn.recoveries.append(sel.recovery)
+    drawn.units[name], drawn.populations[name] = sel.units, sel.population
+    counterfactuals = None  # None where none are searched (a planted classifier)
+    if name in counterfactual_classifiers(ctx.cfg):
+        counterfactuals = counterfactual_figures(ctx, name, sel.units, drawn)
+    drawn.classifiers[name] = classifier_summary(ctx, clf, link_metrics, sel, am_table, am_arrays, counterfactuals)
+    drawn.unit_rows[name] = unit_rows(top)
+
+
+def unit_figures(ctx: Context, name: str, sel: Selectivity, top: pd.DataFrame,
+                 drawn: Drawn) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Sweeps, activation maximisation, sweep directions, selectivity and population of one classifier;
+    returns the actmax stage's table and arrays (for the summary)."""
+    cfg, paths = ctx.cfg, ctx.paths
+    images = sweep_images(ctx, name, top["unit"].tolist())
+    drawn.resolution = next(iter(images.values())).shape[-2]
+    drawn.figures.append((f"{name}: sweeps", "sweeps", figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
+    am_table, am_arrays = read_actmax(ctx, name)
+    swept = set(analysed_units(cfg, name))
+    am_sweeps = {**images, **sweep_images(ctx, name, [int(u) for u in am_arrays["unit"] if u in swept and u not in images])}
+    drawn.figures += [
+        (f"{name}: activation maximisation", "actmax",
+         figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))),
+        (f"{name}: sweep directions", "directions", figure_directions(am_arrays, name, paths.figure(f"directions-{name}"))),
+        (f"{name}: selectivity", "selectivity",
+         figure_selectivity(sel.features, top, name, paths.figures / f"selectivity-{name}.png")),
+        (f"{name}: population", "population",
+         figure_population(sel.population, sel.units, name, cfg.selectivity.faithful_min_spearman,
+                           paths.figures / f"population-{name}.png")),
     ]
-    timing = [{"stage": k, **v} for k, v in summary["timing"].items()]
+    return am_table, am_arrays
+
+
+def counterfactual_figures(ctx: Context, name: str, units: pd.DataFrame, drawn: Drawn) -> dict[str, Any]:
+    """The counterfactuals of one classifier and their success per pair; returns their summary."""
+    paths = ctx.paths
+    cf_items, cf_drivers, _, cf_metrics = read_counterfactuals(ctx, name)
+    summary = counterfactual_summary(cf_metrics, label_drivers(cf_drivers, units))
+    drawn.figures += [
+        (f"{name}: counterfactuals", "counterfactuals",
+         figure_counterfactuals(read_counterfactual_images(ctx, name), cf_items, name,
+                                paths.figures / f"counterfactuals-{name}.png")),
+        (f"{name}: counterfactual success", "counterfactual-pairs",
+         figure_pair_matrix(cf_metrics, name, paths.figures / f"counterfactual-pairs-{name}.png")),
+    ]
+    return summary
+
+
+def overview_figures(ctx: Context, drawn: Drawn) -> list[Figure]:
+    """The figures over all classifiers: side by side, and concept recovery on a world with ground truth."""
+    paths = ctx.paths
+    figs = [("Classifiers side by side", "population-compare",
+             figure_population_compare(drawn.units, drawn.populations, paths.figure("population-compare")))]
+    if ctx.cfg.generator.has_ground_truth:  # drawn even when no unit is labelled (then with no bars)
+        recovery = pd.concat(drawn.recoveries, ignore_index=True) if drawn.recoveries else empty_table(SELECTIVITY_RECOVERY)
+        figs.append(("Concept recovery (ground truth)", "concept-recovery",
+                     figure_recovery(recovery, paths.figures / "concept-recovery.png")))
+    return figs
+
+
+def classifier_summary(ctx: Context, clf: ClassifierConfig, lm: dict[str, Any], sel: Selectivity, am_table: pd.DataFrame,
+                       am_arrays: dict[str, np.ndarray], counterfactuals: dict[str, Any] | None) -> dict[str, Any]:
+    """summary.json's headline numbers of one classifier."""
+    cfg, paths, name, units = ctx.cfg, ctx.paths, clf.name, sel.units
+    accuracy = None
+    if clf.kind in TRAINED_BY_WORKFLOW:
+        accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
+                             keys=CLASSIFIER_METRICS)["heldout_accuracy"]
+    used = lm[cfg.link.method]["test"]
+    total = sel.population[(sel.population["part"] == "*") & (sel.population["property"] == "*")].iloc[0]
+    return {
+        "heldout_accuracy": accuracy,
+        "link_method": cfg.link.method,
+        "link_r2_test": used["r2"],
+        "link_r2_test_ols": lm["ols"]["test"]["r2"],
+        "link_r2_test_ridge": lm["ridge"]["test"]["r2"],
+        "cycle_agreement_test": used["cycle_agreement"],
+        "cycle_feature_correlation_test": used["cycle_feature_correlation"],
+        "linear_cka": lm["geometry"]["linear_cka"],
+        "units_in_model": unit_count(cfg, name),
+        "units_analysed": int(units["unit"].nunique()),
+        "faithful_units": int(units["faithful"].sum()),
+        "faithful_share": float(units["faithful"].mean()),
+        "selective_units": int(total["n_selective"]),
+        "selective_share": float(total["share"]),
+        "selective_faithful_units": int(total["n_selective_faithful"]),
+        "concept_recovery": {
+            row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
+                                                     "top3_concept_agreement", "chance_part_agreement",
+                                                     "chance_concept_agreement", "swept_iou",
+                                                     "label_agreement_with_truth", "label_in_truth_top3")}
+            for row in sel.recovery[sel.recovery["part"] == "all"].itertuples()
+        },
+        "sweeps": sweep_summary(cfg, units, am_arrays),
+        "planted": planted_summary(sel.planted),
+        "samples_linked": {"train": lm["n_train"], "test": lm["n_test"]},
+        "counterfactual": counterfactuals,
+        "actmax": actmax_summary(am_table, paths.root / "benchmarks", name, int(units["unit"].nunique())),
+    }
+
+
+def unit_rows(top: pd.DataFrame) -> list[dict[str, Any]]:
+    """report.html's table of a classifier's most selective units."""
+    return [
+        {
+            "unit": int(r.unit),
+            "concept": r.concept,
+            "explanation": r.concepts or "none",
+            "gain": float(r.gain),
+            "largest change": f"{r.top_part}.{r.top_property}",
+            "effect": float(r.top_delta_std),
+            "sign agreement": float(r.top_agreement),
+            "selectivity index": float(r.selectivity_index),
+            "top factor": getattr(r, "top_factor", "n/a"),
+            "factor change (sd)": float(getattr(r, "top_factor_delta_std", float("nan"))),
+            "faithfulness": float(r.faithfulness),
+            "faithful": bool(r.faithful),
+        }
+        for r in top.itertuples()
+    ]
+
+
+# ----------------------------------------------------------------------------- report.html
+
+_FRAGMENT = re.compile(r'<template data-fragment="([a-z-]+)">(.*?)</template>\n', re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->\n", re.DOTALL)
+_SLOT = re.compile(r"__([A-Z]+)__")
+_INLINE = re.compile(r"(\*\*.+?\*\*|``.+?``)")  # reStructuredText's strong and literal text, in captions
+
+
+class Page:
+    """templates/report.html (package data: an editor and a linter read it as HTML): the page, and the
+    fragments it defines for repeated parts (<template data-fragment>), cut out of the page. Each
+    __SLOT__ is filled in one pass with text already escaped."""
+
+    def __init__(self) -> None:
+        text = resources.files("linkstyle").joinpath("templates/report.html").read_text(encoding="utf-8")
+        self.fragments = dict(_FRAGMENT.findall(text))
+        self.page = _COMMENT.sub("", _FRAGMENT.sub("", text))
+
+    def fill(self, fragment: str, **slots: str) -> str:
+        text = self.page if fragment == "page" else self.fragments[fragment]
+        return _SLOT.sub(lambda m: slots[m.group(1).lower()], text)
+
+    def table(self, rows: list[dict[str, Any]]) -> str:
+        if not rows:
+            return ""
+        head = "".join(self.fill("column", text=html.escape(str(k))) for k in rows[0])
+        body = "".join(self.fill("row", cells="".join(self.fill("cell", text=html.escape(_fmt(v))) for v in row.values()))
+                       for row in rows)
+        return self.fill("table", head=head, rows=body)
+
+    def caption(self, rst: str) -> str:
+        """A caption's reStructuredText (paragraph text with **strong** and ``literal`` parts) as HTML."""
+        out = []
+        for part in _INLINE.split(" ".join(rst.split())):
+            if part.startswith("**") and part.endswith("**") and len(part) > 4:
+                out.append(self.fill("strong", text=html.escape(part[2:-2])))
+            elif part.startswith("``") and part.endswith("``") and len(part) > 4:
+                out.append(self.fill("literal", text=html.escape(part[2:-2])))
+            else:
+                out.append(html.escape(part))
+        return "".join(out)
+
+    def figure(self, title: str, kind: str, png: bytes) -> str:
+        """A figure with its title and the caption of its kind (templates/captions/<kind>.rst)."""
+        return self.fill("figure", title=html.escape(title), caption=self.caption(figure_caption(kind)),
+                         png=base64.b64encode(png).decode())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "n/a" if not math.isfinite(v) else f"{v:.3f}"
+    return "n/a" if v is None else str(v)
+
+
+def render_html(run: str, summary: dict[str, Any], figs: list[Figure], unit_rows: dict[str, list[dict[str, Any]]]) -> str:
+    """report.html: the summary's tables, then every figure with its title and caption (self-contained)."""
+    page, classifiers = Page(), summary["classifiers"]
+    headline = [{"classifier": name, **{k: v for k, v in s.items() if not isinstance(v, dict)}} for name, s in classifiers.items()]
     recovery = [
         {"classifier": name, "masks": masks, **values}
-        for name, s in summary["classifiers"].items() for masks, values in s["concept_recovery"].items()
+        for name, s in classifiers.items() for masks, values in s["concept_recovery"].items()
     ]
-    recovery_html = f"<h2>Concept recovery against the ground truth</h2>{_table(recovery)}" if recovery else ""
     counterfactual_rows = [
         {"classifier": name, **{k: v for k, v in p.items() if k != "drivers"},
          "driving units": "; ".join(f"{d['unit']} ({d['concept']}, {d['fraction']:.0%})" for d in p["drivers"])}
-        for name, s in summary["classifiers"].items() if s["counterfactual"] for p in s["counterfactual"]["pairs"]
+        for name, s in classifiers.items() if s["counterfactual"] for p in s["counterfactual"]["pairs"]
     ]
     actmax_rows = [
         {"classifier": name, "units": s["actmax"]["units"], "steps": s["actmax"]["steps"],
          "actmax / sweep top (median)": s["actmax"]["median_activation_over_sweep_top"],
          "actmax job s / unit": s["actmax"]["timing"]["actmax_job_seconds_per_unit"],
          "tune job s / unit": s["actmax"]["timing"]["tune_job_seconds_per_unit"]}
-        for name, s in summary["classifiers"].items()
+        for name, s in classifiers.items()
     ]
-    sections = "".join(
-        f"<section><h2>{html.escape(title)}</h2><p>{html.escape(caption)}</p>{_img(data, title)}</section>" for title, caption, data in figs
+    return page.fill(
+        "page",
+        run=html.escape(run),
+        generator=html.escape(str(summary["generator"])),
+        resolution=html.escape(str(summary["resolution"])),
+        classes=html.escape(str(summary["classes"])),
+        headline=page.table(headline),
+        recovery=page.fill("recovery", table=page.table(recovery)) if recovery else "",
+        units="".join(page.fill("classifier-units", name=html.escape(name), table=page.table(rows)) for name, rows in unit_rows.items()),
+        counterfactuals=page.table(counterfactual_rows),
+        actmax=page.table(actmax_rows),
+        figures="".join(page.figure(title, kind, png) for title, kind, png in figs),
+        timing=page.table([{"stage": k, **v} for k, v in summary["timing"].items()]),
     )
-    units = "".join(f"<h3>{html.escape(name)}</h3>{_table(rows)}" for name, rows in unit_rows.items())
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>linkstyle report: {html.escape(run)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5rem 0 1.5rem; font-size: 0.85rem; }}
-th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }}
-th {{ background: #f3f3f3; }} img {{ max-width: 100%; }} section {{ margin-bottom: 2rem; }}
-</style></head><body>
-<h1>linkstyle report: run <code>{html.escape(run)}</code></h1>
-<p>Generator <b>{html.escape(str(summary['generator']))}</b> at {summary['resolution']} px, classes {summary['classes']}.</p>
-<h2>Headline</h2>{_table(headline)}
-{recovery_html}
-<h2>Most selective units</h2>{units}
-<h2>Counterfactuals per class pair</h2>
-<p>Driving units: the units most often among the ten most shifted of a pair's successful counterfactuals, with their
-concept label and the share of counterfactuals in which they were.</p>{_table(counterfactual_rows)}
-<h2>Activation maximisation beside linking</h2>
-<p>The baseline's cost per unit against the tune jobs' (wall time per unit, start-up included; linking renders every
-start sample of a unit), and how high it drives its unit relative to the top of the unit's sweep (the largest
-activation on real samples, or tune.percentiles' upper one with tune.bounds: percentile).</p>
-{_table(actmax_rows)}
-{sections}
-<h2>Timing per stage</h2>{_table(timing)}
-</body></html>
-"""
