@@ -44,6 +44,20 @@ def test_the_pattern_of_a_probe_names_its_factor_where_the_link_row_does_not():
     assert cos(d_row[0], axis) < 0.9  # a decoder weight: shared with the units it is made of
 
 
+def test_a_pattern_sweep_moves_the_units_linear_readout_by_its_r2():
+    """The identity docs/selectivity.md rests on: along the pattern, the within-class read-out
+    b_u = Sigma_w^-1 Cov(w, r_u) changes by b_u . d_u = R^2 of the unit from w, so the expected gain
+    of a pattern sweep is the unit's R^2 (1 only for a unit that w explains fully)."""
+    r, w, classes = _world()
+    r = np.column_stack([r, r[:, 2] + 2.0 * np.random.default_rng(1).normal(size=len(r))])  # a noisy unit
+    link = fit_ols(r, w)
+    d, r2 = sweep_directions("pattern", link, r, w, classes, range(r.shape[1]))
+    stats = WithinClass.of(r, w, classes)
+    b = np.linalg.solve(stats.cov_w, stats.cov_wr).T
+    np.testing.assert_allclose((b * d).sum(1), r2, rtol=1e-6)
+    assert r2[4] < 0.3 < 0.8 < r2[2]  # noise lowers R^2, and with it how far the pattern moves the unit
+
+
 def test_directed_is_the_least_norm_change_of_w_that_moves_the_units_readout_by_one():
     r, w, classes = _world()
     link = fit_ridge_cv(r, w, [0.1, 1.0, 10.0])[0]
