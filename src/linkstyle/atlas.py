@@ -21,12 +21,13 @@ import json
 import shutil
 import uuid
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from .pages import Template
 
 #: Per-unit fields of the index, in the order of the data file's columns.
 UNIT_FIELDS = ("unit", "analysed", "concept", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
@@ -177,6 +178,6 @@ def write_atlas(out_dir: str | Path, atlases: Sequence[ClassifierAtlas], sheets:
 
 def index_html(run: str, classifiers: Sequence[str]) -> str:
     """The atlas page (templates/atlas.html, package data: an editor and a linter read it as HTML)."""
-    page = resources.files("linkstyle").joinpath("templates/atlas.html").read_text(encoding="utf-8")
-    scripts = "\n".join(f'<script src="data/{html.escape(c)}.js"></script>' for c in classifiers)
-    return page.replace("__RUN__", html.escape(run)).replace("__SCRIPTS__", scripts)
+    page = Template("atlas.html")
+    scripts = "".join(page.fill("data", name=html.escape(c)) for c in classifiers)
+    return page.fill("page", run=html.escape(run), scripts=scripts)

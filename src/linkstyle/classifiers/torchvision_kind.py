@@ -430,6 +430,37 @@ def _preset(arch: str, member: WeightsEnum | None) -> WeightsEnum:
     return enum.__members__.get("IMAGENET1K_V1") or enum.DEFAULT
 
 
+def _read_weights(key: str, member: Any, path: Path | None, weights: str | None, *, name: str,
+                  allow_download: bool) -> tuple[str, dict[str, Any] | None]:
+    """(what was read, for messages; its state dict): the named weights' file (downloaded only if
+    allowed), a state-dict file, or nothing for random weights."""
+    state: dict[str, Any] | None
+    if member is not None:
+        assert path is not None
+        described = _describe(key, member, weights)
+        what = f"{described} ({path})"
+        if path.is_file():
+            state = _read_state_dict(path, described)
+        elif allow_download:
+            log.warning("classifier '%s': downloading %s from %s to %s", name, described, member.url, path.parent)
+            state = member.get_state_dict(progress=True, check_hash=True, model_dir=str(path.parent), map_location="cpu")
+        else:
+            raise _missing_weights_error(described, member, path, name)
+    elif path is not None:
+        what = f"state dict of torchvision {key} ({path})"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"classifier '{name}': state-dict file of torchvision {key} given as weights not found at {path}; "
+                f"give the path of a file saved with torch.save(model.state_dict(), path), "
+                f"or an official weights name such as IMAGENET1K_V1"
+            )
+        state = _read_state_dict(path, f"state dict of torchvision {key}")
+    else:
+        log.warning("classifier '%s': torchvision %s with RANDOM weights (weights: null); only for tests and debugging", name, key)
+        what, state = "", None
+    return what, state
+
+
 def load_torchvision(
     arch: str,
     weights: str | None,
@@ -458,31 +489,7 @@ def load_torchvision(
     resize = tf.resize_size[0] if resize_size is None else resize_size
     crop = tf.crop_size[0] if crop_size is None else crop_size
 
-    state: dict[str, Any] | None
-    if member is not None:
-        assert path is not None
-        described = _describe(key, member, weights)
-        what = f"{described} ({path})"
-        if path.is_file():
-            state = _read_state_dict(path, described)
-        elif allow_download:
-            log.warning("classifier '%s': downloading %s from %s to %s", name, described, member.url, path.parent)
-            state = member.get_state_dict(progress=True, check_hash=True, model_dir=str(path.parent), map_location="cpu")
-        else:
-            raise _missing_weights_error(described, member, path, name)
-    elif path is not None:
-        what = f"state dict of torchvision {key} ({path})"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"classifier '{name}': state-dict file of torchvision {key} given as weights not found at {path}; "
-                f"give the path of a file saved with torch.save(model.state_dict(), path), "
-                f"or an official weights name such as IMAGENET1K_V1"
-            )
-        state = _read_state_dict(path, f"state dict of torchvision {key}")
-    else:
-        log.warning("classifier '%s': torchvision %s with RANDOM weights (weights: null); only for tests and debugging", name, key)
-        what, state = "", None
-
+    what, state = _read_weights(key, member, path, weights, name=name, allow_download=allow_download)
     if state is not None:
         state = _fix_legacy_keys(key, _strip_prefix(state))
     kwargs = _build_kwargs(key, pretrained=state is not None, crop_size=crop, state_keys=list(state or ()))

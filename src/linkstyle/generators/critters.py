@@ -245,6 +245,17 @@ def _quadric_coefficients(
     )
 
 
+def _ellipse_quadrics(ellipses: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], edge: float) -> torch.Tensor:
+    """[B, 2 * len(ellipses), 6]: per ellipse (frame, semi-axes) the quadrics |p / r|^2 (inside) and
+    (edge |p / r^2|)^2 (the soft edge's width in the ellipse's own units)."""
+    quadrics = []
+    for frame, semi_a, semi_b in ellipses:
+        one = torch.ones_like(semi_a)
+        quadrics.append(_quadric_coefficients(frame, one, one, 0.0))
+        quadrics.append(_quadric_coefficients(frame, (edge / semi_a) ** 2, (edge / semi_b) ** 2, 0.0))
+    return torch.stack(quadrics, dim=1)
+
+
 class Critters(nn.Module):
     """Procedural side views of four-legged critters, one species per class.
 
@@ -502,13 +513,6 @@ class Critters(nn.Module):
             (ears[0], es, 0.45 * es),
             (ears[1], es, 0.45 * es),
         ]
-        quadrics = []
-        for frame, semi_a, semi_b in ellipses:
-            one = torch.ones_like(semi_a)
-            quadrics.append(_quadric_coefficients(frame, one, one, 0.0))  # |p / r|^2
-            quadrics.append(  # (edge |p / r^2|)^2
-                _quadric_coefficients(frame, (edge / semi_a) ** 2, (edge / semi_b) ** 2, 0.0)
-            )
         # Capsules run along their frame's first axis, in edge units.
         capsules = torch.cat(
             [
@@ -523,20 +527,12 @@ class Critters(nn.Module):
             cx, cy, th + f["stripe_angle"], 1.0 / (2.0 * math.pi * f["stripe_frequency"]), 1.0
         )
         return {
-            "quadrics": torch.stack(quadrics, dim=1),  # [B, 8, 6]
+            "quadrics": _ellipse_quadrics(ellipses, edge),  # [B, 8, 6]
             "capsules": capsules,  # [B, 6, 3]
             "stripe": stripe[:, 0],  # [B, 3] phase row
             "neck": torch.stack([neck_len, 0.55 * hr], dim=1) / edge,
-            "leg": torch.stack(
-                [
-                    f["leg_spread"] * a,
-                    1.4 * f["leg_width"],
-                    0.7 * b + f["leg_length"],
-                    f["leg_width"],
-                ],
-                dim=1,
-            )
-            / edge,
+            "leg": torch.stack([f["leg_spread"] * a, 1.4 * f["leg_width"], 0.7 * b + f["leg_length"], f["leg_width"]],
+                               dim=1) / edge,
             "tail": torch.stack([tl / edge, tw / edge, 0.5 * tw / tl], dim=1),
             "eye": torch.stack([eye[0], eye[1], f["eye_size"]], dim=1) / edge,
             "nose": torch.stack([nose[0], nose[1], f["nose_size"]], dim=1) / edge,

@@ -8,7 +8,6 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from ..artifacts import (  # noqa: E402
 )
 from ..config import ClassifierConfig, Config  # noqa: E402
 from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
+from ..pages import Template  # noqa: E402
 from ..selectivity import UNRANKED, top_units  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
 from .actmax import read_actmax  # noqa: E402
@@ -662,25 +662,14 @@ def unit_rows(top: pd.DataFrame) -> list[dict[str, Any]]:
 
 # ----------------------------------------------------------------------------- report.html
 
-_FRAGMENT = re.compile(r'<template data-fragment="([a-z-]+)">(.*?)</template>\n', re.DOTALL)
-_COMMENT = re.compile(r"<!--.*?-->\n", re.DOTALL)
-_SLOT = re.compile(r"__([A-Z]+)__")
 _INLINE = re.compile(r"(\*\*.+?\*\*|``.+?``)")  # reStructuredText's strong and literal text, in captions
 
 
-class Page:
-    """templates/report.html (package data: an editor and a linter read it as HTML): the page, and the
-    fragments it defines for repeated parts (<template data-fragment>), cut out of the page. Each
-    __SLOT__ is filled in one pass with text already escaped."""
+class Page(Template):
+    """templates/report.html, with its tables, captions and figures."""
 
     def __init__(self) -> None:
-        text = resources.files("linkstyle").joinpath("templates/report.html").read_text(encoding="utf-8")
-        self.fragments = dict(_FRAGMENT.findall(text))
-        self.page = _COMMENT.sub("", _FRAGMENT.sub("", text))
-
-    def fill(self, fragment: str, **slots: str) -> str:
-        text = self.page if fragment == "page" else self.fragments[fragment]
-        return _SLOT.sub(lambda m: slots[m.group(1).lower()], text)
+        super().__init__("report.html")
 
     def table(self, rows: list[dict[str, Any]]) -> str:
         if not rows:

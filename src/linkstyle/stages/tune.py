@@ -18,7 +18,7 @@ import torch
 from ..errors import LinkstyleError
 from ..io import NpzWriter, Origin, write_parquet
 from ..runtime import progress
-from ..sweep import Rendered, plan_sweeps, render_sweeps
+from ..sweep import Rendered, SweepPlan, plan_sweeps, render_sweeps
 from ..units import unit_shards
 from .context import Context
 from .link import load_link, read_select
@@ -56,6 +56,79 @@ def tune_units(ctx: Context, name: str, units: Sequence[int], table_path: Path, 
     write_parquet(out, table_path, made)  # the table last, as the workflow has always written them
 
 
+class _Collected:
+    """What the rendered batches of one plan leave behind: the per-image arrays (streamed to a sink, or
+    kept in memory) and the per-image columns of the tune table."""
+
+    def __init__(self, n: int, start_cls: np.ndarray, start_index: np.ndarray, sink: NpzWriter | None) -> None:
+        self.n, self.start_cls, self.start_index, self.sink = n, start_cls, start_index, sink
+        self.per_image: dict[str, np.ndarray] = {}  # without a sink: the per-image arrays, in memory
+        self.declared: set[str] = set()
+        self.realised = np.empty(n, dtype=np.float32)
+        self.pred = np.empty(n, dtype=np.int64)
+        self.prob_cls = np.empty(n, dtype=np.float32)
+        self.factors: np.ndarray | None = None  # the ground-truth factors go to the table, not the arrays
+        self.factor_names: tuple[str, ...] = ()
+        self.part_names: tuple[str, ...] = ()
+
+    def store(self, key: str, sl: slice, values: np.ndarray) -> None:
+        """Rows of a per-image array: into the sink, or into memory."""
+        if self.sink is not None:
+            if key not in self.declared:
+                self.sink.declare(key, (self.n, *values.shape[1:]), values.dtype)
+                self.declared.add(key)
+            self.sink.write(key, sl, values)
+            return
+        if key not in self.per_image:
+            self.per_image[key] = np.empty((self.n, *values.shape[1:]), dtype=values.dtype)
+        self.per_image[key][sl] = values
+
+    def __call__(self, batch: Rendered) -> None:
+        sl = batch.sl
+        self.realised[sl], self.pred[sl] = batch.realised, batch.pred
+        cls = torch.from_numpy(self.start_cls[self.start_index[sl]]).to(batch.probs.device)
+        self.prob_cls[sl] = batch.probs.gather(1, cls[:, None])[:, 0].cpu().numpy()
+        self.store("images", sl, to_uint8(batch.images))
+        self.store("w", sl, batch.w.float().cpu().numpy())
+        truth = batch.truth
+        if truth is not None:
+            self.factor_names, self.part_names = truth.factor_names, truth.part_names
+            if self.factors is None:
+                self.factors = np.empty((self.n, truth.factors.shape[1]), dtype=np.float32)
+            self.factors[sl] = truth.factors.float().cpu().numpy()
+            self.store("masks", sl, truth.masks.cpu().numpy().astype(np.uint8, copy=False))
+
+    def table(self, plan: SweepPlan, start_seed: np.ndarray, r2: np.ndarray) -> pd.DataFrame:
+        """The tune table: one row per image (unit, start, step), with the ground-truth factors if any."""
+        u_idx, k_idx, s_idx = plan.unit_index, plan.step_index, self.start_index
+        out = pd.DataFrame(
+            {
+                "unit": plan.units[u_idx],
+                "start": s_idx,
+                "start_seed": start_seed[s_idx],
+                "cls": self.start_cls[s_idx],
+                "step": k_idx,
+                "target": plan.values[u_idx, k_idx],
+                "realised": self.realised,
+                "pred": self.pred,
+                "prob_cls": self.prob_cls,
+                "unit_r2": r2[u_idx].astype(np.float32),
+            }
+        )
+        if self.factors is not None:
+            for j, fname in enumerate(self.factor_names):
+                out[f"factor__{fname}"] = self.factors[:, j]
+        return out
+
+    def arrays(self, plan: SweepPlan) -> dict[str, np.ndarray]:
+        """The tune arrays: each image's unit, start and step, the part names, and the per-image arrays
+        that did not go to the sink."""
+        extra = {"part_names": np.array(self.part_names)} if self.factors is not None else {}
+        result = dict(unit=plan.units[plan.unit_index], start=self.start_index, step=plan.step_index, **extra)
+        result.update(self.per_image)  # images, w and (with ground truth) masks, unless they went to the sink
+        return result
+
+
 def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = "tune",
                 sink: NpzWriter | None = None, max_starts: int | None = None,
                 direction: str | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -72,71 +145,11 @@ def sweep_units(ctx: Context, name: str, unit_list: Sequence[int], label: str = 
     start_seed, start_cls = table["seed"].to_numpy()[starts], table["cls"].to_numpy()[starts]
     link = load_link(ctx, name, dims={"units": arrays["r"].shape[1], "w_dim": arrays["w"].shape[1]})
     train = (table["split"] == "train").to_numpy()
-    plan, r2 = plan_sweeps(direction or cfg.tune.direction, link, (arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train]),
-                           arrays["r"][starts], unit_list, arrays["unit_low"], arrays["unit_high"], cfg.tune.n_steps)
-    n = plan.n_images
-    per_image: dict[str, np.ndarray] = {}  # without a sink: the per-image arrays, in memory
-    declared: set[str] = set()
-
-    def store(key: str, sl: slice, values: np.ndarray) -> None:
-        """Rows of a per-image array: into the sink, or into memory."""
-        if sink is not None:
-            if key not in declared:
-                sink.declare(key, (n, *values.shape[1:]), values.dtype)
-                declared.add(key)
-            sink.write(key, sl, values)
-            return
-        if key not in per_image:
-            per_image[key] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
-        per_image[key][sl] = values
-
-    realised = np.empty(n, dtype=np.float32)
-    pred = np.empty(n, dtype=np.int64)
-    prob_cls = np.empty(n, dtype=np.float32)
-    factors: np.ndarray | None = None  # the ground-truth factors go to the table, not the arrays
-    names_of: dict[str, tuple[str, ...]] = {}
-    s_idx = plan.start_index
-
-    def collect(batch: Rendered) -> None:
-        nonlocal factors
-        sl = batch.sl
-        realised[sl], pred[sl] = batch.realised, batch.pred
-        cls = torch.from_numpy(start_cls[s_idx[sl]]).to(batch.probs.device)
-        prob_cls[sl] = batch.probs.gather(1, cls[:, None])[:, 0].cpu().numpy()
-        store("images", sl, to_uint8(batch.images))
-        store("w", sl, batch.w.float().cpu().numpy())
-        truth = batch.truth
-        if truth is not None:
-            names_of["factors"], names_of["parts"] = truth.factor_names, truth.part_names
-            if factors is None:
-                factors = np.empty((n, truth.factors.shape[1]), dtype=np.float32)
-            factors[sl] = truth.factors.float().cpu().numpy()
-            store("masks", sl, truth.masks.cpu().numpy().astype(np.uint8, copy=False))
-
-    with progress(n, label) as bar:
+    linked = (arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train])
+    plan, r2 = plan_sweeps(direction or cfg.tune.direction, link, linked, arrays["r"][starts], unit_list,
+                           arrays["unit_low"], arrays["unit_high"], cfg.tune.n_steps)
+    collected = _Collected(plan.n_images, start_cls, plan.start_index, sink)
+    with progress(plan.n_images, label) as bar:
         render_sweeps(plan, ctx.generator, ctx.classifier(name), ctx.device, cfg.precision, cfg.tune.batch_size,
-                      collect, bar.update)
-    factor_names = names_of.get("factors", ())
-    part_names = names_of.get("parts", ())
-    u_idx, k_idx = plan.unit_index, plan.step_index
-    out = pd.DataFrame(
-        {
-            "unit": plan.units[u_idx],
-            "start": s_idx,
-            "start_seed": start_seed[s_idx],
-            "cls": start_cls[s_idx],
-            "step": k_idx,
-            "target": plan.values[u_idx, k_idx],
-            "realised": realised,
-            "pred": pred,
-            "prob_cls": prob_cls,
-            "unit_r2": r2[u_idx].astype(np.float32),
-        }
-    )
-    if factors is not None:
-        for j, fname in enumerate(factor_names):
-            out[f"factor__{fname}"] = factors[:, j]
-    extra = {"part_names": np.array(part_names)} if factors is not None else {}
-    result = dict(unit=out["unit"].to_numpy(), start=s_idx, step=k_idx, **extra)
-    result.update(per_image)  # images, w and (with ground truth) masks, unless they went to the sink
-    return out, result
+                      collected, bar.update)
+    return collected.table(plan, start_seed, r2), collected.arrays(plan)
