@@ -20,11 +20,11 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/classifiers.smk"
-include: "workflow/rules/samples.smk"
+include: "workflow/rules/train_classifier.smk"
+include: "workflow/rules/sample.smk"
 include: "workflow/rules/link.smk"
-include: "workflow/rules/segment.smk"
-include: "workflow/rules/units.smk"
+include: "workflow/rules/label_export.smk"
+include: "workflow/rules/tune.smk"
 include: "workflow/rules/counterfactual.smk"
 include: "workflow/rules/report.smk"
 
