@@ -20,13 +20,12 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/train_classifier.smk"
-include: "workflow/rules/sample.smk"
-include: "workflow/rules/link.smk"
-include: "workflow/rules/label_export.smk"
-include: "workflow/rules/tune.smk"
-include: "workflow/rules/counterfactual.smk"
-include: "workflow/rules/report.smk"
+
+
+# One rule file per stage, named as the stage and its rule: workflow/rules/<stage>.smk (registry.STAGES).
+for _stage in STAGES:
+
+    include: f"workflow/rules/{_stage}.smk"
 
 
 rule all:

@@ -36,7 +36,7 @@ DEFAULT_OUT = ROOT / "bench" / "measurements" / "counterfactual.json"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="demo classifier weights (linkstyle train); default: "
+    p.add_argument("--weights", default=None, help="demo classifier weights (linkstyle train_classifier); default: "
                    "results/default/classifiers/resnet18/weights.pt if present, else train one here")
     p.add_argument("--train-steps", type=int, default=150, help="steps when training a classifier here")
     p.add_argument("--classes", type=int, default=5)

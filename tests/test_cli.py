@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from linkstyle.cli import STAGES, build_parser
+from linkstyle.cli import build_parser
+from linkstyle.registry import STAGES
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -17,6 +18,17 @@ def test_help_lists_every_stage():
     for stage in STAGES:
         assert stage in out
     assert "Snakemake" in out
+    assert "train_classifier (train)" in out and "train_segmenter (train-segmenter)" in out  # the older spellings
+
+
+def test_older_stage_spellings_still_work():
+    """The commands the docs showed before stages were named as their rules: train, train-segmenter, label export/import."""
+    parser = build_parser()
+    assert parser.parse_args(["train", "--classifier", "resnet18"]).stage == "train_classifier"
+    assert parser.parse_args(["train-segmenter"]).stage == "train_segmenter"
+    assert parser.parse_args(["label", "export"]).stage == "label_export"
+    assert parser.parse_args(["label", "import"]).stage == "label_import"
+    assert parser.parse_args(["label_export"]).stage == "label_export"
 
 
 def test_each_stage_takes_its_wildcards():
@@ -53,4 +65,4 @@ def test_missing_weights_say_how_to_make_them(tmp_path):
     ctx = Context(load_config(None, {"results_dir": str(tmp_path)}))
     with pytest.raises(ArtifactError) as info:
         ctx.classifier("resnet18")
-    assert "weights.pt" in str(info.value) and "linkstyle train --classifier resnet18" in str(info.value)
+    assert "weights.pt" in str(info.value) and "linkstyle train_classifier --classifier resnet18" in str(info.value)

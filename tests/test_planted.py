@@ -336,7 +336,7 @@ def test_planted_entry_is_read_into_the_config():
     assert " units=" not in repr(p) and " base=" not in repr(p)
 
 
-# ----------------------------------------------------------------------------- the train stage
+# ----------------------------------------------------------------------------- the train_classifier stage
 
 
 def test_the_train_stage_plants_units_and_writes_its_artifacts(tmp_path):
@@ -351,12 +351,12 @@ def test_the_train_stage_plants_units_and_writes_its_artifacts(tmp_path):
                      "classifiers": PLANTED_CLASSIFIERS,
                      "train": {"steps": 2, "batch_size": 2, "eval_samples": 40, "min_accuracy": 0.0}})
     paths = RunPaths(cfg.run_dir)
-    run_stage(cfg, "train", "resnet18", threads=2)  # two steps: any base will do
+    run_stage(cfg, "train_classifier", "resnet18", threads=2)  # two steps: any base will do
     assert not paths.planted_spec("resnet18").exists()  # a demo classifier plants nothing
-    run_stage(cfg, "train", "planted", threads=2)
+    run_stage(cfg, "train_classifier", "planted", threads=2)
     assert paths.planted_spec("planted") == planted_spec_path(paths.classifier_weights("planted"))
 
-    made = origin(cfg, "train", classifier="planted")
+    made = origin(cfg, "train_classifier", classifier="planted")
     metrics = read_json(paths.classifier_metrics("planted"), origin=made, keys=("heldout_accuracy",))
     assert metrics["base"] == "resnet18" and metrics["units"] == 528 and metrics["fit_images"] == 512
     assert metrics["base_agreement"] == 1.0 and metrics["foreground_iou"] > 0.8
@@ -375,4 +375,4 @@ def test_the_train_stage_plants_units_and_writes_its_artifacts(tmp_path):
     with pytest.raises(ArtifactError, match="rerun|remake"):
         load_classifier(other, "planted", CPU)
     with pytest.raises(ArtifactError):
-        load_planted_spec(planted_spec_path(paths.classifier_weights("planted")), origin=origin(other, "train", classifier="planted"))
+        load_planted_spec(planted_spec_path(paths.classifier_weights("planted")), origin=origin(other, "train_classifier", classifier="planted"))

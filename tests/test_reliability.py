@@ -26,6 +26,7 @@ from linkstyle.artifacts import origin
 from linkstyle.config import STAGE_SECTIONS, deep_merge, load_config
 from linkstyle.io import ArtifactError, read_npz
 from linkstyle.paths import RunPaths
+from linkstyle.registry import STAGES
 
 from .compare import assert_same_artifacts, assert_same_file
 from .conftest import REPO, TINY, run_env, run_snakemake, snakemake_cmd
@@ -41,7 +42,8 @@ def temp_files(root: Path) -> list[Path]:
 
 
 def test_rules_rerun_on_the_sections_their_artifacts_record(repo):
-    """Each rule's rerun param is the digest of its own stage (config.STAGE_SECTIONS), the one its artifacts record."""
+    """Each rule's rerun param is the digest of its own stage (registry.STAGES: the rule's name is the stage's),
+    the one its artifacts record."""
     found: dict[str, str | None] = {}
     for smk in sorted((repo / "workflow" / "rules").glob("*.smk")):
         for block in re.split(r"\n(?=rule )", smk.read_text()):
@@ -49,9 +51,8 @@ def test_rules_rerun_on_the_sections_their_artifacts_record(repo):
             if rule:
                 digest = re.search(r'config=digest\("(\w+)"\)', block)
                 found[rule.group(1)] = digest.group(1) if digest else None
-    stage_of_rule = {"train_classifier": "train"}
-    assert found == {r: stage_of_rule.get(r, r) for r in found}
-    assert set(found.values()) == set(STAGE_SECTIONS)
+    assert found == {r: r for r in found}
+    assert set(found) == set(STAGE_SECTIONS) == set(STAGES)
 
 
 # ----------------------------------------------------------------------------- determinism
@@ -99,7 +100,7 @@ def test_training_twice_gives_identical_weights(tmp_path):
         cfg_file = tmp_path / f"{run}.yaml"
         cfg_file.write_text(yaml.safe_dump(dict(raw, results_dir=str(tmp_path / run))))
         with torch_threads():
-            assert main(["train", "--classifier", "net", "--config", str(cfg_file), "--threads", "2", "-q"]) == 0
+            assert main(["train_classifier", "--classifier", "net", "--config", str(cfg_file), "--threads", "2", "-q"]) == 0
         runs.append(RunPaths(load_config(cfg_file).run_dir))
     assert_same_file(runs[0].classifier_weights("net"), runs[1].classifier_weights("net"))
     assert_same_file(runs[0].classifier_metrics("net"), runs[1].classifier_metrics("net"))

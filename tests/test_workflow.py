@@ -174,7 +174,7 @@ def test_report_inputs_list_every_artifact_the_report_reads_once():
     assert len({n.path for n in needed}) == len(needed)
     tune = [n for n in needed if n.stage == "tune"]
     assert len(tune) == sum(len(unit_shards(cfg, c.name)) for c in cfg.classifiers)
-    assert {n.stage for n in needed} == {"train", "link", "selectivity", "tune", "counterfactual", "actmax"}
+    assert {n.stage for n in needed} == {"train_classifier", "link", "selectivity", "tune", "counterfactual", "actmax"}
     for n in needed:  # each names a stage and the options that remake it
         assert origin(cfg, n.stage, **n.wildcards).remake.startswith("linkstyle ")
 

@@ -11,20 +11,19 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple
 
-from .config import STAGE_SECTIONS, Config
+from .config import Config
 from .io import Array, Columns, Origin
 from .paths import RunPaths
+from .registry import stage as find_stage
 from .units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards
-
-#: Stages whose CLI command is not the stage name.
-COMMAND_OF_STAGE = {"label_export": "label export", "label_import": "label import", "train_segmenter": "train-segmenter"}
 
 
 def origin(cfg: Config, stage: str, **wildcards: object) -> Origin:
-    """The origin of an artifact of ``stage``; ``wildcards`` are that stage's CLI options."""
+    """The origin of an artifact of ``stage`` (registry.STAGES); ``wildcards`` are that stage's CLI options."""
+    made_by = find_stage(stage)
     options = "".join(f" --{k} {v}" for k, v in wildcards.items())
-    remake = f"linkstyle {COMMAND_OF_STAGE.get(stage, stage)}{options} --config {RunPaths(cfg.run_dir).config}"
-    return Origin(stage, STAGE_SECTIONS[stage], cfg.stage_digest(stage), remake)
+    remake = f"linkstyle {made_by.name}{options} --config {RunPaths(cfg.run_dir).config}"
+    return Origin(made_by.name, made_by.sections, cfg.stage_digest(made_by.name), remake, made_by.recorded_as)
 
 
 _ROWS = ("n",)
@@ -242,7 +241,7 @@ def report_inputs(cfg: Config) -> list[ReportInput]:
         return [ReportInput(kind(c), stage, {"classifier": c}) for kind in kinds for c in classifiers]
 
     return [
-        *each("train", [c.name for c in cfg.classifiers if c.kind in TRAINED_BY_WORKFLOW], paths.classifier_metrics),
+        *each("train_classifier", [c.name for c in cfg.classifiers if c.kind in TRAINED_BY_WORKFLOW], paths.classifier_metrics),
         *each("link", names, paths.link_metrics),
         *each("selectivity", names, paths.selectivity_units, paths.selectivity_features, paths.selectivity_population,
               paths.selectivity_recovery, paths.selectivity_planted, paths.selectivity_explanations),

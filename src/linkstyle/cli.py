@@ -1,8 +1,9 @@
 """``linkstyle``: one subcommand per pipeline stage, the same calls the Snakemake rules make.
 
-Every subcommand reads a config file (validated against the schema first), takes the
-wildcards of its stage as options, writes its artifacts atomically under
-``<results_dir>/<run>/`` and prints what it wrote.
+The stage subcommands are the stage registry's (``registry.STAGES``): each is named as its stage
+and rule, takes the wildcards of its stage as options, reads a config file (validated against the
+schema first), writes its artifacts atomically under ``<results_dir>/<run>/`` and prints what it
+wrote. A stage's older spelling (``train``, ``train-segmenter``, ``label export``) still works.
 """
 
 from __future__ import annotations
@@ -17,35 +18,11 @@ import yaml
 
 from .config import BUILTIN_CONFIG, ConfigError, load_config
 from .errors import LinkstyleError
+from .registry import STAGES, Stage
 
-STAGES: dict[str, tuple[str, list[tuple[str, type, str]]]] = {
-    "train": ("Train a demo classifier on the built-in world; fails if held-out accuracy < train.min_accuracy.",
-              [("classifier", str, "classifier name from the config")]),
-    "sample": ("Draw the latents w of one shard of one class (fixed distinct seeds).",
-               [("cls", int, "class index"), ("shard", int, "sample shard index")]),
-    "extract": ("Render one sample shard and record every classifier's features r, prediction and probability.",
-                [("cls", int, "class index"), ("shard", int, "sample shard index")]),
-    "select": ("Keep a classifier's correctly classified samples, split train/test by seed, set sweep bounds.",
-               [("classifier", str, "classifier name")]),
-    "link": ("Fit r -> w by OLS and by ridge (CV); report R^2, cosine, cycle consistency and CKA on the test split.",
-             [("classifier", str, "classifier name")]),
-    "tune": ("Sweep every unit of one unit shard over its range, render, and record the realised activation.",
-             [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
-    "train-segmenter": ("Train the few-shot part segmenter on the imported label maps (and score it on held-out "
-                        "exact masks on the built-in world).", []),
-    "measure": ("Measure area, luminance, entropy, ellipse and motion of every part in one tuned shard.",
-                [("classifier", str, "classifier name"), ("shard", int, "unit shard index")]),
-    "reference": ("Render, segment and measure linked held-out samples: the spread of every property that scales "
-                  "each unit's changes.", [("classifier", str, "classifier name")]),
-    "selectivity": ("Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
-                    [("classifier", str, "classifier name")]),
-    "counterfactual": ("Find feature shifts that make the rendered image change class, for every configured class pair, "
-                       "and what they change.", [("classifier", str, "classifier name")]),
-    "actmax": ("Activation maximisation (the baseline visualisation): optimise one image per unit of actmax.units "
-               "so that the unit rises, no generator involved.", [("classifier", str, "classifier name")]),
-    "atlas": ("Write the unit atlas: a static site of every unit of every classifier that opens from disk.", []),
-    "report": ("Draw the figures and write report.html and summary.json.", []),
-}
+#: Help of the subcommand groups that older spellings of some stages use (registry.Stage.alias, e.g. ``label export``).
+GROUP_HELP = {"label": "Export images to label for the part segmenter, or import the label maps (the same as label_export "
+                       "and label_import; docs/segmentation.md)."}
 
 
 def _parse_override(text: str) -> dict[str, Any]:
@@ -104,19 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     working = argparse.ArgumentParser(add_help=False, parents=[common])
     working.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: config 'threads')")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, args) in STAGES.items():
-        p = sub.add_parser(name, parents=[working], help=help_text, description=help_text)
-        for arg, typ, arg_help in args:
-            p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
-    label_help = "Export images to label for the part segmenter, or import the label maps (docs/segmentation.md)."
-    p = sub.add_parser("label", help=label_help, description=label_help)
-    label_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    export_help = ("Render segmentation.export_images images (and segmentation.sweep_images from the sweeps) into "
-                   "<run>/labels/images/, and their exact masks into labels/truth/ on the built-in world.")
-    import_help = ("Check the PNG label maps in segmentation.labels against the exported images and measure.parts, "
-                   "and pack them for training.")
-    label_sub.add_parser("export", parents=[working], help=export_help, description=export_help)
-    label_sub.add_parser("import", parents=[working], help=import_help, description=import_help)
+    _add_stages(sub, working)
     p = sub.add_parser("config", parents=[common], help="Validate a config and print it with every default filled in.",
                        description="Validate a config and print it with every default filled in.")
     p = sub.add_parser("doctor", parents=[common],
@@ -133,6 +98,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("units", parents=[common], help="Print each classifier's unit count and unit shards.",
                        description="Print each classifier's unit count and unit shards.")
     return parser
+
+
+def _add_stages(sub: Any, working: argparse.ArgumentParser) -> None:
+    """One subcommand per stage, with its wildcards as required options; an alias of one word is an
+    alias of the subcommand, one of two words (``label export``) an action of a subcommand group."""
+
+    def add(parsers: Any, name: str, stage: Stage, aliases: list[str]) -> None:
+        p = parsers.add_parser(name, aliases=aliases, parents=[working], help=stage.help, description=stage.help)
+        for arg, typ, arg_help in stage.wildcards:
+            p.add_argument(f"--{arg}", type=typ, required=True, help=arg_help)
+        p.set_defaults(stage=stage.name)
+
+    grouped: dict[str, list[tuple[str, Stage]]] = {}
+    for stage in STAGES.values():
+        group, _, action = (stage.alias or "").partition(" ")
+        if action:
+            grouped.setdefault(group, []).append((action, stage))
+        add(sub, stage.name, stage, [stage.alias] if stage.alias and not action else [])
+    for group, actions in grouped.items():
+        p = sub.add_parser(group, help=GROUP_HELP[group], description=GROUP_HELP[group])
+        group_sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for action, stage in actions:
+            add(group_sub, action, stage, [])
 
 
 def _dispatch(args: argparse.Namespace) -> None:
@@ -163,13 +151,11 @@ def _dispatch(args: argparse.Namespace) -> None:
         return
     from .stages import run_stage
 
-    if args.command == "label":
-        run_stage(cfg, f"label_{args.action}", threads=args.threads)
-        return
-    wildcards = [getattr(args, arg) for arg, _, _ in STAGES[args.command][1]]
+    stage = STAGES[args.stage]
+    wildcards = [getattr(args, arg) for arg, _, _ in stage.wildcards]
     if getattr(args, "classifier", None) is not None:
         cfg.classifier(args.classifier)  # unknown names fail here, listing the configured ones
-    run_stage(cfg, args.command.replace("-", "_"), *wildcards, threads=args.threads)
+    run_stage(cfg, stage.name, *wildcards, threads=args.threads)
 
 
 def _missing(exc: FileNotFoundError) -> str:

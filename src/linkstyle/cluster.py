@@ -222,12 +222,15 @@ def result(job: Any) -> Any:
 
 def submit_stage(config: str | Path, stage: str, *wildcards: object, folder: str | Path, profile: str | Path = DEFAULT_PROFILE,
                  overrides: Mapping[str, Any] | None = None, cluster: str | None = None):
-    """Send one workflow stage (as its rule runs it, e.g. ``"tune", "resnet18", 0``) to SLURM; returns the job."""
-    from .stages import RULE_OF_STAGE, run_stage
+    """Send one workflow stage (as its rule runs it, e.g. ``"tune", "resnet18", 0``) to SLURM, with the profile's
+    resources of its rule (the stage's name); returns the job."""
+    from .registry import stage as find_stage
+    from .stages import run_stage
 
-    resources = JobResources.from_profile(RULE_OF_STAGE.get(stage, stage), profile)
-    ex = executor(folder, resources, name=f"linkstyle-{stage}", cluster=cluster)
-    return ex.submit(run_stage, str(config), stage, *wildcards, overrides=dict(overrides or {}), threads=resources.cpus_per_task)
+    name = find_stage(stage).name
+    resources = JobResources.from_profile(name, profile)
+    ex = executor(folder, resources, name=f"linkstyle-{name}", cluster=cluster)
+    return ex.submit(run_stage, str(config), name, *wildcards, overrides=dict(overrides or {}), threads=resources.cpus_per_task)
 
 
 def analyse_units(config: str | Path, classifier: str, units: Iterable[int], *, folder: str | Path,

@@ -26,6 +26,7 @@ import jsonschema
 import yaml
 
 from .errors import LinkstyleError
+from .registry import STAGES
 
 #: The built-in world: what ``snakemake`` and ``linkstyle`` run when no config file is given.
 BUILTIN_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
@@ -41,41 +42,12 @@ GROUND_TRUTH_KINDS = frozenset({"critters"})
 BUILTIN_KINDS = frozenset({"critters"})
 DEMO_UNITS = {"resnet18": 512, "regnet_x_400mf": 400, "mobilenet_v3_small": 1024}
 DEMO_ARCHS = tuple(DEMO_UNITS)
-#: The config sections (or single ``section.key`` entries) each stage reads. The Snakemake rules pass ``digest(*sections)`` as a param, so
-#: a change reruns exactly the stages that read it, and every artifact records the same digest, so a
-#: stale artifact is refused when read (tests/test_reliability.py checks that the rules agree).
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "train": ("seed", "generator", "train"),
-    "sample": ("seed", "generator", "sample"),
-    "extract": ("seed", "generator", "classifiers", "precision"),
-    "select": ("select", "tune"),
-    "link": ("link", "precision"),
-    "tune": ("tune", "precision"),
-    # The labelling loop reads single keys, so that pointing segmentation.labels at your maps keeps
-    # the exported images, and tuning the training keeps both.
-    "label_export": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images",
-                     "segmentation.sweep_images"),
-    "label_import": ("seed", "generator", "classes", "measure.parts", "segmentation.export_images",
-                     "segmentation.sweep_images", "segmentation.labels", "segmentation.min_labelled"),
-    "train_segmenter": ("seed", "generator", "classes", "measure.parts", "segmentation"),
-    "measure": ("measure",),
-    # The spreads that scale every unit's changes: the segmentation and measures, and how many images.
-    "reference": ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision"),
-    "selectivity": ("seed", "selectivity"),
-    "counterfactual": ("counterfactual", "generator.batch_size", "precision"),
-    # and the report's units swept from one start along every direction (tune's steps, bounds, batches)
-    "actmax": ("actmax", "report.top_units", "selectivity", "tune.n_steps", "tune.batch_size", "precision"),
-    "report": ("report",),
-    "atlas": ("tune",),
-}
-#: Format versions of stages whose artifacts changed shape: part of the stage's digest, so results
-#: made by an older linkstyle are rerun by Snakemake (and refused when read) instead of half-fitting.
-#: link 2: the link model holds the back map w -> r. tune 2: sweeps along tune.direction, with each
-#: unit's R^2 from w; measure 2: entropy inside the part, CIELAB colour; selectivity 2: effects in
-#: reference spreads, ranked explanations with bootstrap confidence, gain; selectivity 3: the
-#: backdrop's shape leaves the explanations; selectivity 4: recovery's label_in_truth_top3. actmax 2:
-#: with the units' sweeps along every direction.
-STAGE_FORMATS: dict[str, int] = {"link": 2, "tune": 2, "measure": 2, "selectivity": 4, "actmax": 2}
+#: The config sections (or single ``section.key`` entries) each stage reads, and the format versions of
+#: stages whose artifacts changed shape: both from the stage registry (registry.STAGES), which says why.
+#: The rules pass ``stage_digest(stage)`` as a param, so a change reruns exactly the stages that read it,
+#: and every artifact records the same digest, so a stale artifact is refused when read.
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {s.name: s.sections for s in STAGES.values()}
+STAGE_FORMATS: dict[str, int] = {s.name: s.format for s in STAGES.values() if s.format is not None}
 
 
 class ConfigError(LinkstyleError, ValueError):
@@ -358,8 +330,8 @@ class ClassifierConfig:
     path: str | None = None
     num_units: int | None = None
     allow_download: bool = False
-    # Out of repr, which is the train rule's rerun param (common.smk classifier_spec): the units analysed
-    # never change a trained classifier, and older entries keep their param (classifiers.smk adds base).
+    # Out of repr, which is the train_classifier rule's rerun param (common.smk classifier_spec): the units analysed
+    # never change a trained classifier, and older entries keep their param (common.smk train_spec adds base).
     base: str | None = field(default=None, repr=False)
     units: str | tuple[int, ...] | None = field(default=None, repr=False)
     sha256: str | None = field(default=None, repr=False)  # checked on load; never changes the network
@@ -534,8 +506,10 @@ class Config:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def stage_digest(self, stage: str) -> str:
-        """The digest of the sections ``stage`` reads: its rule's param, and the record in its artifacts."""
-        return self.digest(*STAGE_SECTIONS[stage], format_version=STAGE_FORMATS.get(stage))
+        """The digest of the sections ``stage`` reads and of its format version (registry.STAGES; not of its
+        name): its rule's param, and the record in its artifacts."""
+        entry = STAGES[stage]
+        return self.digest(*entry.sections, format_version=entry.format)
 
 
 def from_dict(raw: Mapping[str, Any] | None) -> Config:

@@ -150,7 +150,7 @@ def assets(cfg: Config, deep: bool = False) -> list[Asset]:
         shown = str(folder) if folder is not None else "segmentation.labels: not set yet"
         out.append(Asset("part segmenter: your label maps (PNG index images)", shown,
                          folder is not None and folder.is_dir(), False,
-                         f"label the images that `linkstyle label export` writes to {paths.labels_dir / 'images'} "
+                         f"label the images that `linkstyle label_export` writes to {paths.labels_dir / 'images'} "
                          "and set segmentation.labels (docs/segmentation.md)", problem))
     return out
 

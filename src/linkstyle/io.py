@@ -38,12 +38,14 @@ class ArtifactError(LinkstyleError):
 @dataclass(frozen=True)
 class Origin:
     """The stage that makes an artifact, the config sections it reads and their digest, and the
-    command that remakes the artifact (for error messages)."""
+    command that remakes the artifact (for error messages). ``recorded_as``: older names of the stage
+    that artifacts made before a rename record, accepted by readers (registry.Stage.recorded_as)."""
 
     stage: str
     sections: tuple[str, ...]
     digest: str
     remake: str
+    recorded_as: tuple[str, ...] = ()
 
     def record(self) -> dict[str, Any]:
         return {"stage": self.stage, "sections": list(self.sections), "digest": self.digest}
@@ -230,7 +232,7 @@ def check_origin(path: Path, recorded: Any, origin: Origin | None) -> None:
     if not isinstance(recorded, Mapping) or "stage" not in recorded or "digest" not in recorded:
         raise artifact_error(path, "records no producing stage and config digest (written by another tool or an "
                                    "older linkstyle)", origin)
-    if recorded["stage"] != origin.stage:
+    if recorded["stage"] != origin.stage and recorded["stage"] not in origin.recorded_as:
         raise artifact_error(path, f"was made by stage '{recorded['stage']}', but stage '{origin.stage}' makes the "
                                    "file expected here (a file copied to the wrong place?)", origin)
     if recorded["digest"] != origin.digest:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .config import DEMO_UNITS, ClassifierConfig, Config, ConfigError
 
-#: Kinds whose weights the workflow trains itself (a train rule exists for them).
+#: Kinds whose weights the workflow trains itself (rule train_classifier).
 TRAINED_BY_WORKFLOW = frozenset({"demo", "planted"})
 #: Kinds the workflow searches no counterfactuals for: a planted classifier classifies exactly as its
 #: base (its planted units weigh nothing in the head), so its counterfactuals would repeat the base's.

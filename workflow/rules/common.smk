@@ -11,6 +11,7 @@ from linkstyle.config import from_dict, with_locations  # noqa: E402
 from linkstyle.errors import LinkstyleError  # noqa: E402
 from linkstyle.io import write_text  # noqa: E402
 from linkstyle.paths import RunPaths  # noqa: E402
+from linkstyle.registry import STAGES  # noqa: E402
 from linkstyle.units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards  # noqa: E402
 from linkstyle.artifacts import CAPTIONS, figure_files, report_inputs  # noqa: E402
 from snakemake.io import report as for_report  # noqa: E402  (`report` would open a directive)
@@ -64,9 +65,15 @@ wildcard_constraints:
 
 
 def digest(stage):
-    """Rerun a rule when, and only when, the config sections its stage reads change (config.STAGE_SECTIONS,
+    """Rerun a rule when, and only when, the config sections its stage reads change (registry.STAGES,
     the same digest its artifacts record)."""
     return CFG.stage_digest(stage)
+
+
+def stage_shell(stage):
+    """A rule's shell line, from the stage registry: `python -m linkstyle <stage> --config ... --threads ...`
+    with the stage's wildcards as options (registry.Stage.shell)."""
+    return STAGES[stage].shell()
 
 
 def classifier_spec(wildcards):
@@ -138,6 +145,10 @@ def figure_outputs():
 def report_input_files(wildcards=None):
     """What the report reads (artifacts.report_inputs, which the report stage checks before drawing)."""
     return [needed.path for needed in report_inputs(CFG)]
+
+
+# The learned part segmenter, for the stages that segment images (measure, reference) when measure.segmenter asks for it.
+SEGMENTER = [PATHS.segmenter_model] if CFG.measure.segmenter == "learned" else []
 
 
 def classifier_weights(wildcards=None):

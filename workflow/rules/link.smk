@@ -17,4 +17,4 @@ rule link:
         resolved=CONFIG,
         config=digest("link"),
     shell:
-        "python -m linkstyle link --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        stage_shell("link")

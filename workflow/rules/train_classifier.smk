@@ -16,6 +16,6 @@ rule train_classifier:
     params:
         resolved=CONFIG,
         spec=train_spec,
-        config=digest("train"),
+        config=digest("train_classifier"),
     shell:
-        "python -m linkstyle train --config {params.resolved} --threads {threads} --classifier {wildcards.clf} > {log} 2>&1"
+        stage_shell("train_classifier")

@@ -37,7 +37,7 @@ def _load_demo(cfg: Config, clf: ClassifierConfig, device: torch.device) -> Clas
     from ..artifacts import origin
     from .demo import load_demo
 
-    made = origin(cfg, "train", classifier=clf.name)
+    made = origin(cfg, "train_classifier", classifier=clf.name)
     return load_demo(classifier_dir(cfg, clf.name) / "weights.pt", clf.name, device, made)
 
 
@@ -48,7 +48,7 @@ def _load_planted(cfg: Config, clf: ClassifierConfig, device: torch.device) -> C
     from ..units import unit_count
     from .planted import load_planted
 
-    made = origin(cfg, "train", classifier=clf.name)
+    made = origin(cfg, "train_classifier", classifier=clf.name)
     path = classifier_dir(cfg, clf.name) / "weights.pt"
     planted = load_planted(path, clf.name, device, made, base=clf.base)
     if planted.num_units != unit_count(cfg, clf.name):

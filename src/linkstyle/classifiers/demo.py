@@ -151,7 +151,7 @@ def load_demo(path: str | Path, name: str, device: torch.device, origin: Origin 
                                    f"{text[0] if text else ''}): it is corrupted or truncated", origin) from exc
     absent = [k for k in ("arch", "num_classes", "resolution", "class_names", "state_dict") if not isinstance(payload, dict) or k not in payload]
     if absent:
-        raise artifact_error(path, f"is not a demo classifier file written by linkstyle train (no {', '.join(absent)})", origin)
+        raise artifact_error(path, f"is not a demo classifier file written by linkstyle train_classifier (no {', '.join(absent)})", origin)
     check_origin(path, payload.get(ARTIFACT_KEY), origin)
     net = build_demo_net(payload["arch"], payload["num_classes"], payload["resolution"])
     try:

@@ -561,7 +561,7 @@ def load_planted_spec(path: str | Path, origin: Origin | None = None) -> list[di
     """The planted units of a classifier, from its ``planted.json`` (``planted_spec_path``): a list of
     ``{unit, name, group, kind, expected: [[part, property, sign], ...], probe_r2, factor}``, in unit order.
 
-    With ``origin`` (``artifacts.origin(cfg, 'train', classifier=name)``) the file must come from the
+    With ``origin`` (``artifacts.origin(cfg, 'train_classifier', classifier=name)``) the file must come from the
     current config's train stage."""
     path = Path(path)
     data = read_json(path, origin=origin, keys=("units",))
@@ -611,7 +611,7 @@ def load_planted(path: str | Path, name: str, device: torch.device, origin: Orig
                                    f"{text[0] if text else ''}): it is corrupted or truncated", origin) from exc
     absent = [k for k in _PAYLOAD if not isinstance(payload, dict) or k not in payload]
     if absent or payload.get("kind") != "planted":
-        raise artifact_error(path, f"is not a planted classifier file written by linkstyle train "
+        raise artifact_error(path, f"is not a planted classifier file written by linkstyle train_classifier "
                                    f"(no {', '.join(absent) or 'kind planted'})", origin)
     check_origin(path, payload.get(ARTIFACT_KEY), origin)
     if base is not None and payload["base"] != base:

@@ -604,7 +604,7 @@ def classifier_summary(ctx: Context, clf: ClassifierConfig, lm: dict[str, Any], 
     cfg, paths, name, units = ctx.cfg, ctx.paths, clf.name, sel.units
     accuracy = None
     if clf.kind in TRAINED_BY_WORKFLOW:
-        accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train", classifier=name),
+        accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train_classifier", classifier=name),
                              keys=CLASSIFIER_METRICS)["heldout_accuracy"]
     used = lm[cfg.link.method]["test"]
     total = sel.population[(sel.population["part"] == "*") & (sel.population["property"] == "*")].iloc[0]

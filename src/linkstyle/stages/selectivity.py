@@ -96,7 +96,7 @@ def planted_spec(ctx: Context, name: str) -> list[dict]:
         return []
     from ..classifiers.planted import load_planted_spec
 
-    return load_planted_spec(ctx.paths.planted_spec(name), origin=ctx.origin("train", classifier=name))
+    return load_planted_spec(ctx.paths.planted_spec(name), origin=ctx.origin("train_classifier", classifier=name))
 
 
 def primary_mask_source(cfg: Config) -> str:

@@ -15,7 +15,8 @@ class AccuracyTooLow(LinkstyleError, RuntimeError):
     """Training ended below train.min_accuracy: analysing a bad classifier would look like a result."""
 
 
-def run_train(ctx: Context, name: str) -> None:
+def run_train_classifier(ctx: Context, name: str) -> None:
+    """Train demo classifier ``name``, or plant units into its base (kind planted)."""
     cfg, clf_cfg = ctx.cfg, ctx.cfg.classifier(name)
     if clf_cfg.kind not in TRAINED_BY_WORKFLOW:
         raise ConfigError(f"classifier '{name}' has kind '{clf_cfg.kind}', which the workflow does not train")
@@ -55,7 +56,7 @@ def run_train(ctx: Context, name: str) -> None:
             f"{t.min_accuracy}; raise train.steps (now {t.steps}) or lower train.min_accuracy"
         )
     paths = ctx.paths
-    made = ctx.origin("train", classifier=name)
+    made = ctx.origin("train_classifier", classifier=name)
     save_demo(clf, clf_cfg.arch, cfg.generator.resolution, paths.classifier_weights(name),
               {"metrics": metrics, ARTIFACT_KEY: made.record()})
     write_json(metrics, paths.classifier_metrics(name), made)
@@ -123,7 +124,7 @@ def run_plant(ctx: Context, name: str) -> None:
             f"{t.min_accuracy}; raise train.steps (now {t.steps}) or lower train.min_accuracy"
         )
     paths = ctx.paths
-    made = ctx.origin("train", classifier=name)
+    made = ctx.origin("train_classifier", classifier=name)
     weights = paths.classifier_weights(name)
     write_planted_spec(spec, planted_spec_path(weights), name, base_name, made)
     save_planted(clf, arch, cfg.generator.resolution, base_name, weights, {"metrics": metrics, ARTIFACT_KEY: made.record()})
