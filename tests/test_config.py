@@ -149,6 +149,28 @@ def test_a_class_name_typo_for_a_stylegan_checkout_fails_when_the_config_loads(t
     assert from_dict({"generator": {**gen, "repo": "absent"}, "counterfactual": {"pairs": [["tench", "goldfsh"]]}})
 
 
+def test_imagenet_class_names_are_checked_without_the_checkout_or_the_weights():
+    """A 1,000-class StyleGAN (StyleGAN-XL ImageNet, the presets) or BigGAN: ImageNet's names."""
+    from linkstyle.class_names import class_index, imagenet_names
+    from linkstyle.config import from_dict as config_from_dict
+
+    names = imagenet_names()
+    assert len(names) == 1000 and names[:2] == ("tench", "goldfish") and names[207] == "golden retriever"
+    # the exact name first, then ignoring case: the corgi and the jacket differ in case only
+    assert (class_index("Cardigan", names), class_index("cardigan", names), class_index("PUG", names)) == (264, 474, 254)
+    assert class_index("pugg", names) is None
+    rest = {"measure": {"segmenter": "whole_image"}, "classes": [207, 254],
+            "classifiers": [{"name": "r", "kind": "torchvision", "arch": "resnet18", "weights": "IMAGENET1K_V1"}]}
+    for gen in ({"kind": "stylegan", "pickle": "g.pkl", "repo": "absent", "num_classes": 1000},
+                {"kind": "biggan", "weights_dir": "biggan", "num_classes": 1000}):
+        ok = config_from_dict({**rest, "generator": gen, "counterfactual": {"pairs": [["golden retriever", "Pug"]]}})
+        assert ok.counterfactual.pairs == (("golden retriever", "Pug"),)
+        with pytest.raises(ConfigError) as err:
+            config_from_dict({**rest, "generator": gen, "counterfactual": {"pairs": [["golden retriever", "pugg"]]}})
+        assert "unknown target class name 'pugg'; the generator's 1000 classes are tench, goldfish" in str(err.value)
+        assert "did you mean 'pug'?" in str(err.value)
+
+
 def test_a_class_name_typo_in_the_builtin_world_fails_when_the_config_loads():
     with pytest.raises(ConfigError) as err:
         from_dict({"counterfactual": {"pairs": [["fox", "cta"], ["Fox", "mouse"]]}, "classes": [0, 1]})

@@ -4,6 +4,8 @@ config (a counterfactual pair) is checked when the config loads instead of hours
 from __future__ import annotations
 
 import ast
+from functools import cache
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -12,9 +14,39 @@ from typing import Any, Mapping
 CHECKOUT_LABELS = Path("media") / "imagenet_idx2labels.txt"
 
 
+#: A class-conditional generator with this many classes is taken to be an ImageNet-1k one (BigGAN,
+#: StyleGAN-XL), whose classes are named without its weights by ``imagenet_names()``.
+IMAGENET_CLASSES = 1000
+
+
 def default_names(num_classes: int) -> tuple[str, ...]:
     """The names of classes nothing names: class_<i>."""
     return tuple(f"class_{i}" for i in range(num_classes))
+
+
+@cache
+def imagenet_names() -> tuple[str, ...]:
+    """ImageNet-1k's class names in index order (package data ``data/imagenet_classes.txt``)."""
+    text = resources.files("linkstyle").joinpath("data", "imagenet_classes.txt").read_text(encoding="utf-8")
+    names = tuple(line for line in text.splitlines() if line and not line.startswith("#"))
+    if len(names) != IMAGENET_CLASSES:
+        raise RuntimeError(f"linkstyle's data/imagenet_classes.txt has {len(names)} names, not "
+                           f"{IMAGENET_CLASSES}: the installed package is damaged; reinstall it")
+    return names
+
+
+def fallback_names(num_classes: int) -> tuple[str, ...]:
+    """Names for a network whose files name no classes: ImageNet's for 1,000 classes, else class_<i>."""
+    return imagenet_names() if num_classes == IMAGENET_CLASSES else default_names(num_classes)
+
+
+def class_index(name: str, names: tuple[str, ...]) -> int | None:
+    """The index of a class name as the config gives it: the exact name first, then ignoring case
+    (ImageNet has 'Cardigan', the corgi, and 'cardigan', the jacket); where a name repeats, its last
+    class. None when no class has it."""
+    exact = {known: i for i, known in enumerate(names)}
+    folded = {known.lower(): i for i, known in enumerate(names)}
+    return exact.get(name, folded.get(name.lower()))
 
 
 def checkout_names(root: str | Path, num_classes: int) -> tuple[str, ...] | None:
@@ -34,16 +66,19 @@ def checkout_names(root: str | Path, num_classes: int) -> tuple[str, ...] | None
 
 def known_class_names(generator: Mapping[str, Any]) -> tuple[str, ...] | None:
     """The names the generator section's network will have: the built-in world's; BigGAN's
-    class_<i>; a StyleGAN checkout's label file, else class_<i>. None when the StyleGAN checkout is
-    not there yet (doctor reports it; the counterfactual stage checks the names once it loads)."""
+    (``fallback_names``); a StyleGAN checkout's label file, else ``fallback_names``. Without the
+    StyleGAN checkout: ImageNet's for 1,000 classes (StyleGAN-XL's label file lists the same classes),
+    else None (doctor reports the checkout; the counterfactual stage checks the names once it loads)."""
     n = int(generator["num_classes"])
     if generator["kind"] == "critters":
         from .generators.critters import CLASS_NAMES
 
         return tuple(CLASS_NAMES[:n])
     if generator["kind"] == "biggan":
-        return default_names(n)
+        return fallback_names(n)
     repo = generator.get("repo")
     if generator["kind"] == "stylegan" and repo and Path(repo).is_dir():
-        return checkout_names(repo, n) or default_names(n)
+        return checkout_names(repo, n) or fallback_names(n)
+    if generator["kind"] == "stylegan" and n == IMAGENET_CLASSES:
+        return imagenet_names()
     return None

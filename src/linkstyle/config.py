@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 import jsonschema
 import yaml
 
+from .class_names import class_index, known_class_names
 from .errors import LinkstyleError
 from .registry import STAGES
 
@@ -145,12 +146,6 @@ def did_you_mean(given: list[str], valid: list[str]) -> str:
 MAX_CLASSES_FOR_ALL_PAIRS = 10
 
 
-def _known_class_names(cfg: dict[str, Any]) -> tuple[str, ...] | None:
-    from .class_names import known_class_names
-
-    return known_class_names(cfg["generator"])
-
-
 def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
     """Pairs given as indices, and as names where the names are known without weights (class_names.py),
     are checked here, so a typo fails before any job; other names are checked by the stage."""
@@ -166,20 +161,20 @@ def _counterfactual_problems(cfg: dict[str, Any]) -> list[str]:
                     f"{MAX_CLASSES_FOR_ALL_PAIRS} classes)"]
         return []
     problems = []
-    names = _known_class_names(cfg) if any(isinstance(v, str) for pair in pairs for v in pair) else None
-    lookup = {n.lower(): i for i, n in enumerate(names or ())}
+    names = known_class_names(cfg["generator"]) if any(isinstance(v, str) for pair in pairs for v in pair) else None
     for i, pair in enumerate(pairs):
         for end, given in zip(("origin", "target"), pair):
             value, shown = given, f"{given}"
             if isinstance(given, str) and names is not None:
-                if given.lower() not in lookup:
+                found = class_index(given, names)
+                if found is None:
                     owner = "critters world's" if cfg["generator"]["kind"] == "critters" else "generator's"
                     shown_names = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
                     problems.append(f"counterfactual.pairs[{i}]: unknown {end} class name {given!r}; the "
                                     f"{owner} {len(names)} classes are {shown_names}"
                                     + did_you_mean([given], list(names)))
                     continue
-                value = lookup[given.lower()]
+                value = found
                 shown = f"{given!r} (index {value})"
             if isinstance(value, int) and value not in classes:
                 problems.append(f"counterfactual.pairs[{i}]: {end} class {shown} is not among the analysed classes "

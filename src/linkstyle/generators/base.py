@@ -82,12 +82,13 @@ def check_classes(classes: "torch.Tensor | Sequence[int]", batch: int, num_class
 
 
 def resolve_class_names(names: "Sequence[str] | Mapping[int, str] | None", num_classes: int) -> tuple[str, ...]:
-    """A full list of names, or a {index: name} mapping naming some classes (others: class_<i>)."""
+    """A full list of names, or a {index: name} mapping naming some classes (others: ImageNet's names
+    for a 1,000-class network, else class_<i>; class_names.fallback_names)."""
     import numpy as np
 
-    from ..class_names import default_names
+    from ..class_names import fallback_names
 
-    default = list(default_names(num_classes))
+    default = list(fallback_names(num_classes))
     if names is None:
         return tuple(default)
     if isinstance(names, str):

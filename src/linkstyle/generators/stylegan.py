@@ -677,7 +677,8 @@ def load_stylegan(
     result is used, with a warning, only if no placeholder ended up inside G_ema,
     otherwise ``StyleGANLoadError`` says to run ``linkstyle convert-stylegan IN OUT``
     where the official loader works. Without ``class_names``, a StyleGAN-XL checkout's
-    ``media/imagenet_idx2labels.txt`` names the classes when it has ``c_dim`` entries.
+    ``media/imagenet_idx2labels.txt`` names the classes when it has ``c_dim`` entries (else
+    ``class_names.fallback_names``: ImageNet's for 1,000 classes).
     """
     path = _check_pickle(pickle_path, repo)
     with official_modules(repo) as legacy:
