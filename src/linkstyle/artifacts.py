@@ -1,19 +1,26 @@
 """What each artifact holds and which stage makes it: the contract between a writer and its readers.
 
-Writers record ``origin(cfg, stage, ...)`` in what they write; readers pass the same origin and
-the spec below, so an artifact from another stage, another config, or a damaged file is refused
-with a message that names the file and the command that remakes it (see ``io.py``).
+Writers record ``origin(cfg, stage, ...)`` in what they write. Every artifact that is read is declared
+once in ``ARTIFACTS`` (its RunPaths method, the stage that makes it, its format and spec), and read
+through ``read(cfg, kind, ...)`` (``Context.read`` in the stages), which places it, expects that stage's
+origin and checks that spec: an artifact from another stage, another config, or a damaged file is
+refused with a message that names the file and the command that remakes it (see ``io.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple
+from typing import Any, Callable, Iterable, Literal, Mapping, NamedTuple, Sequence, Union
+
+import numpy as np
 
 from .config import Config
-from .io import Array, Columns, Origin
+from .errors import LinkstyleError
+from .io import Array, Columns, Origin, read_json, read_npz, read_parquet
 from .paths import RunPaths
+from .registry import STAGES
 from .registry import stage as find_stage
 from .units import TRAINED_BY_WORKFLOW, counterfactual_classifiers, unit_shards
 
@@ -183,6 +190,126 @@ ACTMAX_ARRAYS: dict[str, Array] = {
 }
 
 
+def unit_sweep_images(arrays: Mapping[str, np.ndarray], unit: int, starts: int) -> np.ndarray:
+    """The images of ``unit``'s sweeps in tune arrays (TUNE_ARRAYS): from its first ``starts`` start samples
+    (fewer where fewer were swept), ordered by start, then step: [found starts * tune.n_steps, H, W, 3]."""
+    rows = np.flatnonzero((arrays["unit"] == unit) & (arrays["start"] < starts))
+    return arrays["images"][rows[np.lexsort((arrays["step"][rows], arrays["start"][rows]))]]
+
+
+# ----------------------------------------------------------------------------- the artifact registry
+
+#: What a reader checks: NPZ arrays, table columns, JSON keys, or a builder of either from the config
+#: (for specs that depend on it, or that import something heavy); None: nothing beyond the origin.
+Spec = Union[Mapping[str, Array], Sequence[str], Callable[[Config], Mapping[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One kind of artifact. ``path``: the RunPaths method (or property, for a stage without wildcards)
+    that places it, and the kind's name; its arguments are the producing ``stage``'s wildcards
+    (registry.Stage.wildcards), in order, which are also the CLI options its origin's remake command names.
+    ``format``: how it is stored; ``spec``: NPZ arrays (npz), columns (parquet) or keys (json)."""
+
+    path: str
+    stage: str
+    format: Literal["npz", "parquet", "json"]
+    spec: Spec = None
+
+    @property
+    def wildcards(self) -> tuple[str, ...]:
+        return tuple(w.name for w in STAGES[self.stage].wildcards)
+
+    def spec_for(self, cfg: Config) -> Any:
+        return self.spec(cfg) if callable(self.spec) else self.spec
+
+    def place(self, paths: RunPaths, **wildcards: object) -> Path:
+        """Its file in the run at ``paths``, for exactly its stage's ``wildcards`` (by their CLI names)."""
+        if set(wildcards) != set(self.wildcards):
+            raise TypeError(f"artifact '{self.path}' (stage {self.stage}) takes wildcards {self.wildcards}, "
+                            f"got {tuple(wildcards)}")
+        where = getattr(paths, self.path)
+        return where(*(wildcards[w] for w in self.wildcards)) if self.wildcards else where
+
+
+def _extract_arrays(cfg: Config) -> dict[str, Array]:
+    return extract_arrays(c.name for c in cfg.classifiers)
+
+
+def _measure_table(cfg: Config) -> Columns:
+    return measure_table()
+
+
+#: Every artifact a stage reads, by kind (= its RunPaths method). A new artifact: its path in paths.py,
+#: its spec above, its entry here; its writer records ``ctx.origin(<stage>, ...)`` and its readers call
+#: ``ctx.read(<kind>, ...)``.
+ARTIFACTS: dict[str, Artifact] = {a.path: a for a in (
+    Artifact("classifier_metrics", "train_classifier", "json", CLASSIFIER_METRICS),
+    Artifact("planted_spec", "train_classifier", "json", ("units",)),
+    Artifact("samples", "sample", "npz", SAMPLES),
+    Artifact("extract_table", "extract", "parquet", EXTRACT_TABLE),
+    Artifact("extract_arrays", "extract", "npz", _extract_arrays),
+    Artifact("select_table", "select", "parquet", SELECT_TABLE),
+    Artifact("select_arrays", "select", "npz", SELECT_ARRAYS),
+    Artifact("link_model", "link", "npz", LINK_MODEL),
+    Artifact("link_metrics", "link", "json", LINK_METRICS),
+    Artifact("tune_table", "tune", "parquet", TUNE_TABLE),
+    Artifact("tune_arrays", "tune", "npz", TUNE_ARRAYS),
+    Artifact("label_latents", "label_export", "npz"),
+    Artifact("segmenter_labels", "label_import", "npz"),
+    Artifact("measure_table", "measure", "parquet", _measure_table),
+    Artifact("reference_spread", "reference", "parquet", REFERENCE_SPREAD),
+    Artifact("selectivity_features", "selectivity", "parquet", SELECTIVITY_FEATURES),
+    Artifact("selectivity_units", "selectivity", "parquet", SELECTIVITY_UNITS),
+    Artifact("selectivity_explanations", "selectivity", "parquet", SELECTIVITY_EXPLANATIONS),
+    Artifact("selectivity_planted", "selectivity", "parquet", SELECTIVITY_PLANTED),
+    Artifact("selectivity_population", "selectivity", "parquet", SELECTIVITY_POPULATION),
+    Artifact("selectivity_recovery", "selectivity", "parquet", SELECTIVITY_RECOVERY),
+    Artifact("counterfactual_items", "counterfactual", "parquet", COUNTERFACTUAL_ITEMS),
+    Artifact("counterfactual_arrays", "counterfactual", "npz", COUNTERFACTUAL_ARRAYS),
+    Artifact("counterfactual_drivers", "counterfactual", "parquet", COUNTERFACTUAL_DRIVERS),
+    Artifact("counterfactual_factors", "counterfactual", "parquet", COUNTERFACTUAL_FACTORS),
+    Artifact("counterfactual_metrics", "counterfactual", "json", COUNTERFACTUAL_METRICS),
+    Artifact("actmax_table", "actmax", "parquet", ACTMAX_TABLE),
+    Artifact("actmax_arrays", "actmax", "npz", ACTMAX_ARRAYS),
+)}
+
+
+class Located(NamedTuple):
+    """One artifact of a run: its kind, its file, the origin it must record, and its spec (for this config)."""
+
+    artifact: Artifact
+    path: Path
+    origin: Origin
+    spec: Any
+
+    def read(self, *, only: Iterable[str] | None = None, dims: Mapping[str, int] | None = None,
+             columns: list[str] | None = None) -> Any:
+        """Read and check it against its kind's spec: NPZ arrays as a dict (``only``: check just these of
+        the spec's arrays; ``dims``: sizes the arrays must have), a Parquet table as a DataFrame
+        (``columns``: read only these), JSON as what it holds."""
+        kind, spec = self.artifact, self.spec
+        if kind.format == "npz":
+            if only is not None:
+                spec = {k: (spec or {})[k] for k in only}
+            return read_npz(self.path, origin=self.origin, arrays=spec, dims=dims)
+        if only is not None or dims is not None or (columns is not None and kind.format != "parquet"):
+            raise TypeError(f"artifact '{kind.path}' ({kind.format}): only, dims and columns do not apply")
+        if kind.format == "parquet":
+            return read_parquet(self.path, columns, origin=self.origin, schema=spec)
+        return read_json(self.path, origin=self.origin, keys=spec or ())
+
+
+def locate(cfg: Config, kind: str, **wildcards: object) -> Located:
+    """Artifact ``kind`` (an ARTIFACTS key) of ``cfg``'s run at ``wildcards`` (its stage's wildcards by their
+    CLI names, e.g. ``classifier=, shard=``): where it is and the origin it must record."""
+    if kind not in ARTIFACTS:
+        raise LinkstyleError(f"unknown artifact '{kind}'; artifacts: {', '.join(ARTIFACTS)}")
+    art = ARTIFACTS[kind]
+    path = art.place(RunPaths(cfg.run_dir), **wildcards)
+    return Located(art, path, origin(cfg, art.stage, **{w: wildcards[w] for w in art.wildcards}), art.spec_for(cfg))
+
+
 #: Every figure of a run: (file stem, classifier or None, report category). The report stage draws
 #: exactly these (PNG for the report, PDF for papers) and the report rule declares them, each with
 #: its caption (figure_caption) for `snakemake --report` and report.html.
@@ -234,20 +361,21 @@ class ReportInput(NamedTuple):
 def report_inputs(cfg: Config) -> list[ReportInput]:
     """Everything the report reads: the report rule's inputs (workflow/rules/report.smk), and what the
     report stage checks before it draws anything (stages/report.require_inputs)."""
-    paths = RunPaths(cfg.run_dir)
-    names = [c.name for c in cfg.classifiers]
+    paths, names = RunPaths(cfg.run_dir), [c.name for c in cfg.classifiers]
 
-    def each(stage: str, classifiers: Iterable[str], *kinds: Callable[[str], Path]) -> list[ReportInput]:
-        return [ReportInput(kind(c), stage, {"classifier": c}) for kind in kinds for c in classifiers]
+    def needs(kind: str, **wildcards: object) -> ReportInput:
+        return ReportInput(ARTIFACTS[kind].place(paths, **wildcards), ARTIFACTS[kind].stage, wildcards)
+
+    def each(classifiers: Iterable[str], *kinds: str) -> list[ReportInput]:
+        return [needs(kind, classifier=c) for kind in kinds for c in classifiers]
 
     return [
-        *each("train_classifier", [c.name for c in cfg.classifiers if c.kind in TRAINED_BY_WORKFLOW], paths.classifier_metrics),
-        *each("link", names, paths.link_metrics),
-        *each("selectivity", names, paths.selectivity_units, paths.selectivity_features, paths.selectivity_population,
-              paths.selectivity_recovery, paths.selectivity_planted, paths.selectivity_explanations),
-        *[ReportInput(paths.tune_arrays(c, s), "tune", {"classifier": c, "shard": s})
-          for c in names for s in range(len(unit_shards(cfg, c)))],
-        *each("counterfactual", counterfactual_classifiers(cfg), paths.counterfactual_items, paths.counterfactual_arrays,
-              paths.counterfactual_drivers, paths.counterfactual_factors, paths.counterfactual_metrics),
-        *each("actmax", names, paths.actmax_table, paths.actmax_arrays),
+        *each([c.name for c in cfg.classifiers if c.kind in TRAINED_BY_WORKFLOW], "classifier_metrics"),
+        *each(names, "link_metrics"),
+        *each(names, "selectivity_units", "selectivity_features", "selectivity_population", "selectivity_recovery",
+              "selectivity_planted", "selectivity_explanations"),
+        *[needs("tune_arrays", classifier=c, shard=s) for c in names for s in range(len(unit_shards(cfg, c)))],
+        *each(counterfactual_classifiers(cfg), "counterfactual_items", "counterfactual_arrays", "counterfactual_drivers",
+              "counterfactual_factors", "counterfactual_metrics"),
+        *each(names, "actmax_table", "actmax_arrays"),
     ]

@@ -564,7 +564,11 @@ def load_planted_spec(path: str | Path, origin: Origin | None = None) -> list[di
     With ``origin`` (``artifacts.origin(cfg, 'train_classifier', classifier=name)``) the file must come from the
     current config's train stage."""
     path = Path(path)
-    data = read_json(path, origin=origin, keys=("units",))
+    return check_planted_spec(read_json(path, origin=origin, keys=("units",)), path, origin)
+
+
+def check_planted_spec(data: dict[str, Any], path: Path, origin: Origin | None = None) -> list[dict[str, Any]]:
+    """The planted-unit list of a read ``planted.json`` (artifacts.ARTIFACTS['planted_spec']), each entry checked."""
     units = data["units"]
     bad = [i for i, u in enumerate(units if isinstance(units, list) else [None])
            if not isinstance(u, dict) or any(k not in u for k in _SPEC_KEYS)]
@@ -640,6 +644,7 @@ __all__ = [
     "PlantedUnit",
     "build_planted_net",
     "check_planted",
+    "check_planted_spec",
     "fit_planted",
     "foreground_mask",
     "image_statistics",

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 
 from ..actmax import ActmaxSettings, maximise
-from ..artifacts import ACTMAX_ARRAYS, ACTMAX_TABLE, SELECTIVITY_UNITS
 from ..errors import LinkstyleError
-from ..io import read_npz, read_parquet, write_npz, write_parquet
+from ..io import write_npz, write_parquet
 from ..sweep import DIRECTIONS, gain
 from .context import Context
 from .link import read_select
@@ -26,8 +25,7 @@ def actmax_units(ctx: Context, name: str) -> list[int]:
     """``actmax.units: report`` takes the report's units (read from the selectivity stage), else the list."""
     cfg = ctx.cfg
     if cfg.actmax.units == "report":
-        units = read_parquet(ctx.paths.selectivity_units(name), origin=ctx.origin("selectivity", classifier=name),
-                             schema=SELECTIVITY_UNITS)
+        units = ctx.read("selectivity_units", classifier=name)
         return [int(u) for u in top_units(units, cfg.report.top_units)["unit"]]
     return list(cfg.actmax.units)
 
@@ -80,6 +78,5 @@ def direction_sweeps(ctx: Context, name: str, units: list[int]) -> dict[str, np.
 
 
 def read_actmax(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    made = ctx.origin("actmax", classifier=name)
-    table = read_parquet(ctx.paths.actmax_table(name), origin=made, schema=ACTMAX_TABLE)
-    return table, read_npz(ctx.paths.actmax_arrays(name), origin=made, arrays=ACTMAX_ARRAYS, dims={"n": len(table)})
+    table = ctx.read("actmax_table", classifier=name)
+    return table, ctx.read("actmax_arrays", classifier=name, dims={"n": len(table)})

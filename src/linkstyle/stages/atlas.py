@@ -6,16 +6,8 @@ from typing import Iterator
 
 import numpy as np
 
-from ..artifacts import (
-    ACTMAX_ARRAYS,
-    COUNTERFACTUAL_DRIVERS,
-    COUNTERFACTUAL_ITEMS,
-    SELECTIVITY_FEATURES,
-    SELECTIVITY_UNITS,
-    TUNE_ARRAYS,
-)
+from ..artifacts import unit_sweep_images
 from ..atlas import ClassifierAtlas, classifier_atlas, sprite_sheet, thumbnails, write_atlas
-from ..io import read_npz, read_parquet
 from ..units import counterfactual_classifiers, unit_count, unit_shards
 from .context import Context
 
@@ -32,13 +24,10 @@ def _sheets(ctx: Context, name: str, starts: int, thumb: int) -> Iterator[tuple[
     """One sprite sheet per tune shard, read one shard at a time (memory does not grow with units)."""
     steps = ctx.cfg.tune.n_steps
     for shard, units in enumerate(unit_shards(ctx.cfg, name)):
-        arrays = read_npz(ctx.paths.tune_arrays(name, shard), origin=ctx.origin("tune", classifier=name, shard=shard),
-                          arrays=TUNE_ARRAYS)
+        arrays = ctx.read("tune_arrays", classifier=name, shard=shard)
         strips = []
         for u in units:
-            sel = np.flatnonzero((arrays["unit"] == u) & (arrays["start"] < starts))
-            order = sel[np.lexsort((arrays["step"][sel], arrays["start"][sel]))]
-            strip = thumbnails(arrays["images"][order], thumb)
+            strip = thumbnails(unit_sweep_images(arrays, u, starts), thumb)
             missing = starts * steps - len(strip)
             if missing > 0:  # fewer start samples than shown: blank cells
                 strip = np.concatenate([strip, np.full((missing, thumb, thumb, 3), 255, np.uint8)])
@@ -51,7 +40,7 @@ def direction_sheet_name(name: str) -> str:
 
 
 def _direction_sweeps(ctx: Context, name: str) -> dict[str, np.ndarray]:
-    return read_npz(ctx.paths.actmax_arrays(name), origin=ctx.origin("actmax", classifier=name), arrays=ACTMAX_ARRAYS)
+    return ctx.read("actmax_arrays", classifier=name)
 
 
 def _direction_sheet(arrays: dict[str, np.ndarray], thumb: int) -> np.ndarray:
@@ -62,15 +51,13 @@ def _direction_sheet(arrays: dict[str, np.ndarray], thumb: int) -> np.ndarray:
 
 
 def build_classifier_atlas(ctx: Context, name: str) -> ClassifierAtlas:
-    cfg, paths = ctx.cfg, ctx.paths
-    made = ctx.origin("selectivity", classifier=name)
-    units = read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS)
-    features = read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES)
+    cfg = ctx.cfg
+    units = ctx.read("selectivity_units", classifier=name)
+    features = ctx.read("selectivity_features", classifier=name)
     drivers, pair_names = None, {}
     if name in counterfactual_classifiers(cfg):
-        cf = ctx.origin("counterfactual", classifier=name)
-        drivers = read_parquet(paths.counterfactual_drivers(name), origin=cf, schema=COUNTERFACTUAL_DRIVERS)
-        items = read_parquet(paths.counterfactual_items(name), origin=cf, schema=COUNTERFACTUAL_ITEMS)
+        drivers = ctx.read("counterfactual_drivers", classifier=name)
+        items = ctx.read("counterfactual_items", classifier=name)
         pair_names = {(int(o), int(t)): f"{on} -> {tn}" for o, t, on, tn in
                       items[["origin", "target", "origin_name", "target_name"]].drop_duplicates().itertuples(index=False)}
     shards = unit_shards(cfg, name)

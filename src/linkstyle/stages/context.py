@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from ..artifacts import origin
+from ..artifacts import Located, locate, origin
 from ..config import Config
 from ..io import Origin
 from ..paths import RunPaths
@@ -58,6 +58,16 @@ class Context:
     def origin(self, stage: str, **wildcards: object) -> Origin:
         """What artifacts of ``stage`` record, and what readers of them expect (see artifacts.py)."""
         return origin(self.cfg, stage, **wildcards)
+
+    def locate(self, kind: str, **wildcards: object) -> Located:
+        """Artifact ``kind`` (artifacts.ARTIFACTS) at ``wildcards``: its path, the origin it must record, its spec."""
+        return locate(self.cfg, kind, **wildcards)
+
+    def read(self, kind: str, *, only: Iterable[str] | None = None, dims: Mapping[str, int] | None = None,
+             columns: list[str] | None = None, **wildcards: object) -> Any:
+        """Read artifact ``kind`` at ``wildcards`` (its stage's, e.g. ``classifier=, shard=``), checked against the
+        origin and the spec its registry entry names (artifacts.Located.read: ``only``, ``dims``, ``columns``)."""
+        return self.locate(kind, **wildcards).read(only=only, dims=dims, columns=columns)
 
     def wrote(self, *paths: object) -> None:
         for p in paths:

@@ -18,12 +18,11 @@ import pandas as pd
 import torch
 
 from ..artifacts import (
-    COUNTERFACTUAL_ARRAYS,
     COUNTERFACTUAL_DRIVERS,
     COUNTERFACTUAL_FACTORS,
     COUNTERFACTUAL_ITEMS,
-    COUNTERFACTUAL_METRICS,
 )
+from ..class_names import class_index
 from ..config import MAX_CLASSES_FOR_ALL_PAIRS, Config, CounterfactualConfig, did_you_mean
 from ..counterfactual import (
     Check,
@@ -36,7 +35,7 @@ from ..counterfactual import (
     render_and_classify,
     rendered_logits,
 )
-from ..io import empty_table, read_json, read_npz, read_parquet, write_json, write_npz, write_parquet
+from ..io import empty_table, write_json, write_npz, write_parquet
 from ..linking import LinearLink
 from ..runtime import autocast, progress, run_batched
 from .context import Context
@@ -66,13 +65,11 @@ def resolve_pairs(cfg: Config, class_names: tuple[str, ...]) -> list[tuple[int, 
     if cfg.counterfactual.pairs in ("all", "auto"):  # 'all' is checked to have at most 10 classes
         first = classes[:MAX_CLASSES_FOR_ALL_PAIRS]
         return [(o, t) for o in first for t in first if o != t]
-    lookup = {name: i for i, name in enumerate(class_names)}
-    lower = {name.lower(): i for i, name in enumerate(class_names)}
 
     def index(value: int | str, where: str) -> int:
         if isinstance(value, int):
             return value
-        found = lookup.get(value, lower.get(value.lower()))
+        found = class_index(value, class_names)
         if found is None:
             hint = did_you_mean([value], list(class_names))
             shown = ", ".join(class_names[:12]) + (", ..." if len(class_names) > 12 else "")
@@ -369,14 +366,11 @@ def label_drivers(drivers: pd.DataFrame, units: pd.DataFrame | None) -> pd.DataF
 
 def read_counterfactuals(ctx: Context, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """items, drivers, factors and metrics of classifier ``name`` (for the report)."""
-    made = ctx.origin("counterfactual", classifier=name)
-    paths = ctx.paths
-    return (read_parquet(paths.counterfactual_items(name), origin=made, schema=COUNTERFACTUAL_ITEMS),
-            read_parquet(paths.counterfactual_drivers(name), origin=made, schema=COUNTERFACTUAL_DRIVERS),
-            read_parquet(paths.counterfactual_factors(name), origin=made, schema=COUNTERFACTUAL_FACTORS),
-            read_json(paths.counterfactual_metrics(name), origin=made, keys=COUNTERFACTUAL_METRICS))
+    def read(part: str) -> Any:
+        return ctx.read(f"counterfactual_{part}", classifier=name)
+
+    return read("items"), read("drivers"), read("factors"), read("metrics")
 
 
 def read_counterfactual_images(ctx: Context, name: str) -> dict[str, np.ndarray]:
-    made = ctx.origin("counterfactual", classifier=name)
-    return read_npz(ctx.paths.counterfactual_arrays(name), origin=made, arrays=COUNTERFACTUAL_ARRAYS)
+    return ctx.read("counterfactual_arrays", classifier=name)

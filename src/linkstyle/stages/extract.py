@@ -8,10 +8,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..artifacts import SAMPLES
 from ..classifiers.wrapper import Classifier
 from ..generators.base import Generator
-from ..io import read_npz, write_npz, write_parquet
+from ..io import write_npz, write_parquet
 from ..runtime import autocast, progress, run_batched
 from .context import Context
 
@@ -47,7 +46,7 @@ def classify_latents(
 
 def run_extract(ctx: Context, cls: int, shard: int) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    samples = read_npz(paths.samples(cls, shard), origin=ctx.origin("sample", cls=cls, shard=shard), arrays=SAMPLES)
+    samples = ctx.read("samples", cls=cls, shard=shard)
     names = [c.name for c in cfg.classifiers]
     feats, preds, probs = classify_latents(
         ctx.generator, {name: ctx.classifier(name) for name in names}, torch.from_numpy(samples["w"]), cls,

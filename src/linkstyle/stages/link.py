@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..artifacts import LINK_MODEL, SELECT_ARRAYS, SELECT_TABLE
 from ..config import Config
 from ..errors import LinkstyleError
-from ..io import read_npz, read_parquet, write_json, write_npz
+from ..io import write_json, write_npz
 from ..linking import (
     LinearLink,
     cosine_similarity,
@@ -140,13 +139,10 @@ def check_usable(cfg: Config, metrics: dict[str, Any]) -> None:
 
 def read_select(ctx: Context, name: str) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """The selected samples of classifier ``name``: table and arrays, checked to belong together."""
-    made = ctx.origin("select", classifier=name)
-    table = read_parquet(ctx.paths.select_table(name), origin=made, schema=SELECT_TABLE)
-    arrays = read_npz(ctx.paths.select_arrays(name), origin=made, arrays=SELECT_ARRAYS, dims={"n": len(table)})
-    return table, arrays
+    table = ctx.read("select_table", classifier=name)
+    return table, ctx.read("select_arrays", classifier=name, dims={"n": len(table)})
 
 
 def load_link(ctx: Context, name: str, dims: dict[str, int] | None = None) -> LinearLink:
     """The fitted map; ``dims`` (units, w_dim) are checked against the arrays it is applied to."""
-    made = ctx.origin("link", classifier=name)
-    return LinearLink.from_arrays(read_npz(ctx.paths.link_model(name), origin=made, arrays=LINK_MODEL, dims=dims))
+    return LinearLink.from_arrays(ctx.read("link_model", classifier=name, dims=dims))

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..artifacts import TUNE_ARRAYS
 from ..config import ConfigError
-from ..io import artifact_error, read_npz, write_parquet
+from ..io import artifact_error, write_parquet
 from ..measures import MOTION_PROPERTIES, STATIC_PROPERTIES, part_measures_many, sweep_motion_many
 from .context import Context
 
@@ -40,8 +39,8 @@ def segment(ctx: Context, arrays: dict[str, np.ndarray]) -> list[tuple[str, np.n
 
 def run_measure(ctx: Context, name: str, shard: int) -> None:
     paths = ctx.paths
-    made, path = ctx.origin("tune", classifier=name, shard=shard), paths.tune_arrays(name, shard)
-    arrays = read_npz(path, origin=made, arrays=TUNE_ARRAYS)
+    tuned = ctx.locate("tune_arrays", classifier=name, shard=shard)
+    made, path, arrays = tuned.origin, tuned.path, tuned.read()
     n, k = len(arrays["images"]), ctx.cfg.tune.n_steps
     if n % k:
         raise artifact_error(path, f"holds {n} images, not whole sweeps of tune.n_steps={k} images", made)

@@ -18,20 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..artifacts import (  # noqa: E402
-    CLASSIFIER_METRICS,
-    LINK_METRICS,
-    SELECTIVITY_FEATURES,
-    SELECTIVITY_PLANTED,
-    SELECTIVITY_POPULATION,
-    SELECTIVITY_RECOVERY,
-    SELECTIVITY_UNITS,
-    TUNE_ARRAYS,
-    figure_caption,
-    report_inputs,
-)
+from ..artifacts import SELECTIVITY_RECOVERY, figure_caption, report_inputs, unit_sweep_images  # noqa: E402
 from ..config import ClassifierConfig, Config  # noqa: E402
-from ..io import empty_table, missing_error, read_json, read_npz, read_parquet, write_bytes, write_json, write_text  # noqa: E402
+from ..io import empty_table, missing_error, write_bytes, write_json, write_text  # noqa: E402
 from ..pages import Template  # noqa: E402
 from ..selectivity import UNRANKED, top_units  # noqa: E402
 from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
@@ -74,10 +63,9 @@ def sweep_images(ctx: Context, name: str, units: list[int], starts: int = 2) -> 
     out: dict[int, np.ndarray] = {}
     k = ctx.cfg.tune.n_steps
     for shard, wanted in by_shard.items():
-        arrays = read_npz(ctx.paths.tune_arrays(name, shard), origin=ctx.origin("tune", classifier=name, shard=shard), arrays=TUNE_ARRAYS)
+        arrays = ctx.read("tune_arrays", classifier=name, shard=shard)
         for u in wanted:
-            sel = np.flatnonzero((arrays["unit"] == u) & (arrays["start"] < starts))
-            imgs = arrays["images"][sel]
+            imgs = unit_sweep_images(arrays, u, starts)
             out[u] = imgs.reshape(-1, k, *imgs.shape[1:])
     return out
 
@@ -495,22 +483,13 @@ class Drawn:
 
 
 def read_selectivity(ctx: Context, name: str) -> Selectivity:
-    made, paths = ctx.origin("selectivity", classifier=name), ctx.paths
-    return Selectivity(
-        units=read_parquet(paths.selectivity_units(name), origin=made, schema=SELECTIVITY_UNITS),
-        features=read_parquet(paths.selectivity_features(name), origin=made, schema=SELECTIVITY_FEATURES),
-        population=read_parquet(paths.selectivity_population(name), origin=made, schema=SELECTIVITY_POPULATION),
-        recovery=read_parquet(paths.selectivity_recovery(name), origin=made, schema=SELECTIVITY_RECOVERY),
-        planted=read_parquet(paths.selectivity_planted(name), origin=made, schema=SELECTIVITY_PLANTED),
-    )
+    return Selectivity(**{part: ctx.read(f"selectivity_{part}", classifier=name)
+                          for part in ("units", "features", "population", "recovery", "planted")})
 
 
 def run_report(ctx: Context) -> None:
     cfg, paths = ctx.cfg, ctx.paths
-    link_metrics = {
-        c.name: read_json(paths.link_metrics(c.name), origin=ctx.origin("link", classifier=c.name), keys=LINK_METRICS)
-        for c in cfg.classifiers
-    }
+    link_metrics = {c.name: ctx.read("link_metrics", classifier=c.name) for c in cfg.classifiers}
     require_inputs(ctx)
     drawn = Drawn([("Linking quality", "linking", figure_linking(link_metrics, paths.figures / "linking.png"))])
     for clf in cfg.classifiers:
@@ -604,8 +583,7 @@ def classifier_summary(ctx: Context, clf: ClassifierConfig, lm: dict[str, Any], 
     cfg, paths, name, units = ctx.cfg, ctx.paths, clf.name, sel.units
     accuracy = None
     if clf.kind in TRAINED_BY_WORKFLOW:
-        accuracy = read_json(paths.classifier_metrics(name), origin=ctx.origin("train_classifier", classifier=name),
-                             keys=CLASSIFIER_METRICS)["heldout_accuracy"]
+        accuracy = ctx.read("classifier_metrics", classifier=name)["heldout_accuracy"]
     used = lm[cfg.link.method]["test"]
     total = sel.population[(sel.population["part"] == "*") & (sel.population["property"] == "*")].iloc[0]
     return {

@@ -22,7 +22,7 @@ import torch
 
 from ..config import ConfigError
 from ..errors import LinkstyleError
-from ..io import read_npz, write_json, write_npz
+from ..io import write_json, write_npz
 from ..runtime import batches
 from ..seeds import HELDOUT_LABEL_SEED_BASE, LABEL_SEED_BASE
 from .context import Context
@@ -92,7 +92,6 @@ def swept_label_images(ctx: Context, n: int) -> tuple[np.ndarray, np.ndarray, np
     shard, over its units and starts: a fixed choice, the same in every run of the same sweeps.
     Names: ``sweep-<classifier>-<shard>-<index in the shard>-<digest of the image>``.
     """
-    from ..artifacts import TUNE_ARRAYS
     from ..units import unit_shards
 
     shards = [(c.name, s) for c in ctx.cfg.classifiers for s in range(len(unit_shards(ctx.cfg, c.name)))]
@@ -102,8 +101,7 @@ def swept_label_images(ctx: Context, n: int) -> tuple[np.ndarray, np.ndarray, np
     for (name, shard), k in zip(shards, quota.tolist()):
         if not k:
             continue
-        arrays = read_npz(ctx.paths.tune_arrays(name, shard), origin=ctx.origin("tune", classifier=name, shard=shard),
-                          arrays=TUNE_ARRAYS)
+        arrays = ctx.read("tune_arrays", classifier=name, shard=shard)
         ends = np.flatnonzero((arrays["step"] == 0) | (arrays["step"] == last))
         pick = ends[np.unique(np.linspace(0, len(ends) - 1, min(k, len(ends))).round().astype(np.int64))]
         images.append(arrays["images"][pick])
@@ -159,8 +157,7 @@ def run_label_import(ctx: Context) -> None:
     """Check the label maps against the exported images and the configured parts, and pack them."""
     from ..labels import read_label_set
 
-    made = ctx.origin("label_export")
-    latents = read_npz(ctx.paths.label_latents, origin=made)
+    latents = ctx.read("label_latents")
     labels = read_label_set(ctx.paths.labels_dir, labels_folder(ctx), part_names(ctx), min_images=ctx.cfg.segmentation.min_labelled)
     row = {str(n): i for i, n in enumerate(latents["names"])}
     w = latents["w"][[row[n] for n in labels.names]]
@@ -197,7 +194,7 @@ def run_train_segmenter(ctx: Context) -> None:
     from ..segmenter import mean_iou, predict_masks, save_segmenter, train_segmenter
 
     cfg = ctx.cfg
-    data = read_npz(ctx.paths.segmenter_labels, origin=ctx.origin("label_import"))
+    data = ctx.read("segmenter_labels")
     parts = tuple(str(p) for p in data["parts"])
     source = feature_source(ctx)
     feats = segmenter_inputs(ctx, data["images"], data["w"], source)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..artifacts import EXTRACT_TABLE, extract_arrays
 from ..config import ConfigError
-from ..io import artifact_error, read_npz, read_parquet, write_npz, write_parquet
+from ..io import artifact_error, write_npz, write_parquet
 from ..seeds import in_test_split
 from .context import Context, log
 
@@ -28,13 +27,13 @@ def run_select(ctx: Context, name: str) -> None:
     cfg, paths = ctx.cfg, ctx.paths
     tables, ws, rs = [], [], []
     for cls, shard in extract_shards(ctx):
-        made = ctx.origin("extract", cls=cls, shard=shard)
-        table = read_parquet(paths.extract_table(cls, shard), origin=made, schema=EXTRACT_TABLE)
+        extracted = ctx.locate("extract_table", cls=cls, shard=shard)
+        table = extracted.read()
         table = table[table["classifier"] == name].reset_index(drop=True)
-        arrays = read_npz(paths.extract_arrays(cls, shard), origin=made, arrays=extract_arrays([name]), dims={"n": len(table)})
+        arrays = ctx.read("extract_arrays", cls=cls, shard=shard, only=("seed", "w", f"r__{name}"), dims={"n": len(table)})
         if not np.array_equal(arrays["seed"], table["seed"].to_numpy()):
-            raise artifact_error(paths.extract_table(cls, shard), f"and {paths.extract_arrays(cls, shard).name} disagree on "
-                                 "the order of samples", made)
+            raise artifact_error(extracted.path, f"and {paths.extract_arrays(cls, shard).name} disagree on "
+                                 "the order of samples", extracted.origin)
         keep = table["correct"].to_numpy()
         tables.append(table[keep])
         ws.append(arrays["w"][keep])

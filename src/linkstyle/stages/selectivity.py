@@ -12,9 +12,9 @@ from typing import Iterator, Mapping
 
 import pandas as pd
 
-from ..artifacts import REFERENCE_SPREAD, SELECTIVITY_RECOVERY, TUNE_TABLE, measure_table
+from ..artifacts import SELECTIVITY_RECOVERY
 from ..config import Config
-from ..io import artifact_error, empty_table, read_parquet, write_parquet
+from ..io import artifact_error, empty_table, write_parquet
 from ..seeds import derive
 from ..selectivity import (
     Selectivity,
@@ -86,17 +86,17 @@ def analyse(ctx: Context, name: str, source: str) -> Selectivity:
 
 def read_spread(ctx: Context, name: str) -> pd.DataFrame:
     """The reference stage's spread of every (mask source, part, property) and factor."""
-    made = ctx.origin("reference", classifier=name)
-    return read_parquet(ctx.paths.reference_spread(name), origin=made, schema=REFERENCE_SPREAD)
+    return ctx.read("reference_spread", classifier=name)
 
 
 def planted_spec(ctx: Context, name: str) -> list[dict]:
     """What each planted unit of a 'planted' classifier encodes by construction; [] for other kinds."""
     if ctx.cfg.classifier(name).kind != "planted":
         return []
-    from ..classifiers.planted import load_planted_spec
+    from ..classifiers.planted import check_planted_spec
 
-    return load_planted_spec(ctx.paths.planted_spec(name), origin=ctx.origin("train_classifier", classifier=name))
+    found = ctx.locate("planted_spec", classifier=name)
+    return check_planted_spec(found.read(), found.path, found.origin)
 
 
 def primary_mask_source(cfg: Config) -> str:
@@ -126,10 +126,9 @@ def _read_shards(ctx: Context, name: str, source: str) -> Iterator[tuple[list[in
     """Each unit shard's tune table and measure rows of one mask source, checked against each other."""
     paths, k = ctx.paths, ctx.cfg.tune.n_steps
     for shard, units in enumerate(unit_shards(ctx.cfg, name)):
-        made_tune = ctx.origin("tune", classifier=name, shard=shard)
-        made_meas = ctx.origin("measure", classifier=name, shard=shard)
-        tune = read_parquet(paths.tune_table(name, shard), origin=made_tune, schema=TUNE_TABLE)
-        meas = read_parquet(paths.measure_table(name, shard), origin=made_meas, schema=measure_table())
+        tuned, measured = (ctx.locate(kind, classifier=name, shard=shard) for kind in ("tune_table", "measure_table"))
+        made_tune, made_meas = tuned.origin, measured.origin
+        tune, meas = tuned.read(), measured.read()
         n_s = tune["start"].nunique()
         found = sorted(int(u) for u in tune["unit"].unique())
         if len(tune) != len(units) * n_s * k or found != sorted(units):
