@@ -1,56 +1,40 @@
-"""Figures, a self-contained report.html and summary.json with the run's headline numbers."""
+"""The report stage: reads the run's artifacts, draws the figures (figures.py), writes a self-contained
+report.html and summary.json with the run's headline numbers."""
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from ..artifacts import SELECTIVITY_RECOVERY, figure_caption, report_inputs, unit_sweep_images  # noqa: E402
-from ..config import ClassifierConfig, Config  # noqa: E402
-from ..io import empty_table, missing_error, write_bytes, write_json, write_text  # noqa: E402
-from ..pages import Template  # noqa: E402
-from ..selectivity import UNRANKED, top_units  # noqa: E402
-from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count  # noqa: E402
-from .actmax import read_actmax  # noqa: E402
-from .context import Context  # noqa: E402
-from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals  # noqa: E402
-
-#: Okabe-Ito: distinguishable with every common colour-vision deficiency.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
-
-
-def unit_caption(info: Any) -> str:
-    """A unit's label for figures: its concept, else its largest change; unfaithful units and sweeps that
-    barely move their unit (gain below selectivity.min_gain) are flagged."""
-    text = info["concept"] if info["selective"] else f"{info['top_part']}.{info['top_property']} (no label)"
-    text = text if info["faithful"] else f"{text} [unfaithful]"
-    return f"{text} [weak sweep, gain {info['gain']:.2f}]" if info.get("weak_sweep", False) else text
-
-
-def _save(fig: plt.Figure, path: Path) -> bytes:
-    """The figure as PNG (returned, for report.html) and as PDF beside it (vector, for papers)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    pdf = io.BytesIO()
-    fig.savefig(pdf, format="pdf", bbox_inches="tight")
-    plt.close(fig)
-    data = buf.getvalue()
-    write_bytes(data, path)
-    write_bytes(pdf.getvalue(), path.with_suffix(".pdf"))
-    return data
+from ..artifacts import SELECTIVITY_RECOVERY, figure_caption, report_inputs, unit_sweep_images
+from ..config import ClassifierConfig, Config
+from ..figures import (
+    figure_actmax,
+    figure_counterfactuals,
+    figure_directions,
+    figure_linking,
+    figure_pair_matrix,
+    figure_population,
+    figure_population_compare,
+    figure_recovery,
+    figure_selectivity,
+    figure_sweeps,
+)
+from ..io import empty_table, missing_error, write_json, write_text
+from ..pages import Template
+from ..selectivity import top_units
+from ..units import TRAINED_BY_WORKFLOW, analysed_units, counterfactual_classifiers, unit_count
+from .actmax import read_actmax
+from .context import Context
+from .counterfactual import label_drivers, read_counterfactual_images, read_counterfactuals
 
 
 def sweep_images(ctx: Context, name: str, units: list[int], starts: int = 2) -> dict[int, np.ndarray]:
@@ -70,79 +54,6 @@ def sweep_images(ctx: Context, name: str, units: list[int], starts: int = 2) -> 
     return out
 
 
-def figure_sweeps(ctx: Context, images: dict[int, np.ndarray], name: str, top: pd.DataFrame, path: Path) -> bytes:
-    units = top["unit"].tolist()
-    k = ctx.cfg.tune.n_steps
-    n_starts = max(v.shape[0] for v in images.values())
-    fig, axes = plt.subplots(len(units), n_starts * k, figsize=(1.3 * n_starts * k, 1.45 * len(units)), squeeze=False)
-    for row, (_, info) in enumerate(top.iterrows()):
-        imgs = images[int(info["unit"])]
-        for s in range(n_starts):
-            for step in range(k):
-                ax = axes[row, s * k + step]
-                ax.imshow(imgs[s, step] if s < len(imgs) else np.zeros_like(imgs[0, 0]))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(f"start {s}\nstep {step}", fontsize=7)
-            axes[row, 0].set_ylabel(
-                f"unit {int(info['unit'])}\n{unit_caption(info)}\neffect {info['top_delta_std']:+.2f}", fontsize=7
-            )
-    fig.suptitle(f"{name}: most selective units, low -> high activation", fontsize=9)
-    return _save(fig, path)
-
-
-def figure_actmax(ctx: Context, sweeps: dict[int, np.ndarray], table: pd.DataFrame, arrays: dict[str, np.ndarray],
-                  name: str, path: Path) -> bytes:
-    """Each unit's linking sweep (first start sample) beside its activation-maximising image."""
-    k = ctx.cfg.tune.n_steps
-    units = [int(u) for u in arrays["unit"]]
-    fig, axes = plt.subplots(len(units), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(units)), squeeze=False)
-    for row, u in enumerate(units):
-        info = table.iloc[row]
-        for step in range(k):
-            ax = axes[row, step]
-            if u in sweeps:
-                ax.imshow(sweeps[u][0, step])
-            else:
-                ax.text(0.5, 0.5, "not swept\n(tune.units)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
-            if row == 0:
-                ax.set_title(f"linking\nstep {step}", fontsize=7)
-        axes[row, k].imshow(arrays["images"][row])
-        if row == 0:
-            axes[row, k].set_title(f"actmax\n{int(info['steps'])} steps", fontsize=7)
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(f"unit {u}\nactmax {info['activation']:.2f}\nsweep top {info['observed_high']:.2f}", fontsize=7)
-    fig.suptitle(f"{name}: linking sweeps vs activation maximisation", fontsize=9)
-    return _save(fig, path)
-
-
-def figure_directions(arrays: dict[str, np.ndarray], name: str, path: Path, max_units: int = 6) -> bytes:
-    """For each of the report's first units, one row of its sweep per direction, with the gain of each."""
-    images, gains = arrays["direction_images"], arrays["direction_gain"]
-    modes = [str(m) for m in arrays["directions"]]
-    n_units, k = min(max_units, images.shape[1]), images.shape[2]
-    rows = n_units * len(modes)
-    fig, axes = plt.subplots(rows, k, figsize=(1.1 * k, 1.05 * rows), squeeze=False)
-    for i in range(n_units):
-        for j, mode in enumerate(modes):
-            row = i * len(modes) + j
-            for step in range(k):
-                ax = axes[row, step]
-                ax.imshow(images[j, i, step])
-                ax.set_xticks([])
-                ax.set_yticks([])
-            g = gains[j, i]
-            label = f"unit {int(arrays['unit'][i])}\n{mode}" + (f"\ngain {g:.2f}" if np.isfinite(g) else "")
-            axes[row, 0].set_ylabel(label, fontsize=6)
-    for step in range(k):
-        axes[0, step].set_title(f"step {step}", fontsize=7)
-    fig.suptitle(f"{name}: one start, every sweep direction", fontsize=9)
-    return _save(fig, path)
-
-
 def actmax_summary(table: pd.DataFrame, bench_dir: Path, name: str, units_swept: int) -> dict[str, Any]:
     """How high activation maximisation drives its units, and (under ``timing``: it varies from run to run)
     its cost per unit beside linking's, both as job wall time per unit, start-up included."""
@@ -160,213 +71,6 @@ def actmax_summary(table: pd.DataFrame, bench_dir: Path, name: str, units_swept:
             "ratio": per_unit / linking if per_unit and linking else None,
         },
     }
-
-
-def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, path: Path, bars: int = 8) -> bytes:
-    units = top["unit"].tolist()
-    cols = min(3, len(units))
-    rows = math.ceil(len(units) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.4 * rows), squeeze=False)
-    meas = features[(features["kind"] == "measure") & ~features["property"].isin(UNRANKED)]
-    for ax, (_, info) in zip(axes.flat, top.iterrows()):
-        unit = int(info["unit"])
-        f = meas[meas["unit"] == unit].dropna(subset=["delta_std"])
-        f = f.reindex(f["delta_std"].abs().sort_values(ascending=False).index).head(bars)[::-1]
-        colors = [PALETTE[3] if v > 0 else PALETTE[0] for v in f["delta_std"]]
-        ax.barh((f["part"] + "." + f["property"]).tolist(), f["delta_std"], color=colors)
-        ax.axvline(0, color="k", lw=0.5)
-        ax.set_title(f"unit {unit}: {unit_caption(info)}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.set_xlabel("effect: change in spreads over reference images", fontsize=7)
-    for ax in list(axes.flat)[len(units):]:
-        ax.axis("off")
-    fig.suptitle(f"{name}: per-unit change of each part property (first -> last step)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def _share(v: float) -> str:
-    """A share as a short label: '12%', '0.4%'."""
-    return f"{100 * v:.0f}%" if v >= 0.095 else f"{100 * v:.1f}%"
-
-
-def figure_population(population: pd.DataFrame, units: pd.DataFrame, name: str, threshold: float, path: Path) -> bytes:
-    """Faithfulness and selectivity of all units, and which parts and properties the labels name."""
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8), gridspec_kw={"width_ratios": [1, 1, 1, 1.6]})
-    axes[0].hist(units["faithfulness"].dropna(), bins=np.linspace(-1, 1, 21), color=PALETTE[0])
-    axes[0].axvline(threshold, color=PALETTE[3], lw=1)
-    axes[0].set_title(f"faithfulness: {int(units['faithful'].sum())}/{len(units)} units >= {threshold:g}", fontsize=9)
-    axes[0].set_xlabel("median Spearman(target, realised)", fontsize=8)
-    bins = np.linspace(0, 1, 21)
-    for sel, colour, label in ((False, PALETTE[7], "no label"), (True, PALETTE[2], "labelled")):
-        axes[1].hist(units.loc[units["selective"] == sel, "selectivity_index"], bins=bins, color=colour, alpha=0.7, label=label)
-    axes[1].set_title("selectivity index", fontsize=9)
-    axes[1].legend(fontsize=7)
-    per_part = population[(population["property"] == "*") & (population["part"] != "*")]
-    shares = axes[2].bar(per_part["part"].tolist(), per_part["share"], color=PALETTE[2], label="all units")
-    axes[2].bar(per_part["part"].tolist(), per_part["n_selective_faithful"] / max(len(units), 1), color=PALETTE[1], label="faithful")
-    axes[2].bar_label(shares, labels=[_share(v) for v in per_part["share"]], fontsize=6, padding=1)
-    axes[2].set_title("share of units labelled, per part", fontsize=9)
-    axes[2].tick_params(axis="x", rotation=45, labelsize=8)
-    axes[2].legend(fontsize=7)
-    pairs = population[(population["part"] != "*") & (population["property"] != "*")]
-    heat = pairs.pivot_table(index="part", columns="property", values="share", aggfunc="first", sort=False)
-    grid = heat.to_numpy(dtype=float)
-    im = axes[3].imshow(grid, aspect="auto", cmap="viridis", vmin=0.0)
-    top = np.nanmax(grid) if np.isfinite(grid).any() else 0.0
-    for (i, j), v in np.ndenumerate(grid):  # the numbers, not only the colours: small shares look alike
-        if np.isfinite(v) and v > 0:
-            axes[3].text(j, i, _share(v), ha="center", va="center", fontsize=5,
-                         color="black" if v > 0.6 * top else "white")
-    axes[3].set_xticks(range(heat.shape[1]), heat.columns, rotation=60, fontsize=7)
-    axes[3].set_yticks(range(heat.shape[0]), heat.index, fontsize=8)
-    axes[3].set_title("share of units labelled part:property", fontsize=9)
-    fig.colorbar(im, ax=axes[3])
-    fig.suptitle(f"{name}: population of {len(units)} units", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_population_compare(units: dict[str, pd.DataFrame], populations: dict[str, pd.DataFrame], path: Path) -> bytes:
-    """The classifiers side by side: how selective their units are, and which parts their labels name."""
-    names = list(units)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 3.8), gridspec_kw={"width_ratios": [1, 1, 1.4]})
-    bins = np.linspace(0, 1, 26)
-    for i, name in enumerate(names):
-        colour = PALETTE[i % len(PALETTE)]
-        axes[0].hist(units[name]["selectivity_index"].dropna(), bins=bins, histtype="step", lw=1.5, density=True,
-                     color=colour, label=f"{name} ({len(units[name])} units)")
-        axes[1].hist(units[name]["faithfulness"].dropna(), bins=np.linspace(-1, 1, 21), histtype="step", lw=1.5,
-                     density=True, color=colour, label=name)
-    axes[0].set_title("selectivity index (density)", fontsize=9)
-    axes[0].legend(fontsize=7)
-    axes[1].set_title("faithfulness (density)", fontsize=9)
-    axes[1].set_xlabel("median Spearman(target, realised)", fontsize=8)
-    parts = list(dict.fromkeys(p for pop in populations.values() for p in pop["part"] if p != "*"))
-    width = 0.8 / max(len(names), 1)
-    x = np.arange(len(parts))
-    for i, name in enumerate(names):
-        pop = populations[name]
-        per_part = pop[(pop["property"] == "*") & (pop["part"] != "*")].set_index("part").reindex(parts)
-        axes[2].bar(x + i * width - 0.4 + width / 2, per_part["share"].fillna(0), width, color=PALETTE[i % len(PALETTE)], label=name)
-    axes[2].set_xticks(x, parts, rotation=45, fontsize=8)
-    axes[2].set_title("share of units labelled, per part", fontsize=9)
-    axes[2].legend(fontsize=7)
-    fig.suptitle("classifiers side by side", fontsize=10)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
-    """Concept recovery on the built-in world: does the label name the factor that really changed?"""
-    groups = [(c, m) for c, m in recovery[["classifier", "masks"]].drop_duplicates().itertuples(index=False)]
-    parts = list(dict.fromkeys(recovery["part"]))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 3.6), sharey=True)
-    width = 0.8 / max(len(groups), 1)
-    x = np.arange(len(parts))
-    for ax, what in zip(axes, ("part", "concept")):
-        for i, (clf, masks) in enumerate(groups):
-            rows = recovery[(recovery["classifier"] == clf) & (recovery["masks"] == masks)].set_index("part").reindex(parts)
-            pos = x + i * width - 0.4 + width / 2
-            values = rows[f"{what}_agreement"]
-            bars = ax.bar(pos, values.fillna(0.0), width, color=PALETTE[i % len(PALETTE)], label=f"{clf}, {masks} masks")
-            # a zero and a part without labelled units must not look alike
-            ax.bar_label(bars, labels=[f"{v:.2f}" if np.isfinite(v) else "n/a" for v in values], fontsize=5, padding=2,
-                         rotation=90)
-            ax.scatter(pos, rows[f"chance_{what}_agreement"], marker="_", color="k", s=60, zorder=3,
-                       label="chance" if i == 0 else None)
-        ax.set_xticks(x, [f"{p}\n(n={int(recovery.loc[recovery['part'] == p, 'n_labelled'].max())})" for p in parts], fontsize=7)
-        ax.set_ylim(0, 1.18)  # room for the values above full bars
-        ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_title(f"{what} agreement of labels with the dominant ground-truth factor", fontsize=9)
-    axes[0].set_ylabel("share of labelled units", fontsize=8)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_linking(link_metrics: dict[str, dict[str, Any]], path: Path) -> bytes:
-    """Per classifier, on the held-out split: R² of w (OLS, ridge), cycle agreement (the class of the
-    re-rendered image), r-correlation (the re-rendered image's features against the original's) and CKA."""
-    names = list(link_metrics)
-    series = {
-        "R² (OLS)": [m["ols"]["test"]["r2"] for m in link_metrics.values()],
-        "R² (ridge)": [m["ridge"]["test"]["r2"] for m in link_metrics.values()],
-        "cycle agreement (OLS)": [m["ols"]["test"]["cycle_agreement"] for m in link_metrics.values()],
-        "cycle agreement (ridge)": [m["ridge"]["test"]["cycle_agreement"] for m in link_metrics.values()],
-        "r-correlation (ridge)": [m["ridge"]["test"]["cycle_feature_correlation"] for m in link_metrics.values()],
-        "linear CKA(r, w)": [m["geometry"]["linear_cka"] for m in link_metrics.values()],
-    }
-    fig, ax = plt.subplots(figsize=(2.0 + 2.4 * len(names), 3.6))
-    width = 0.8 / len(series)
-    x = np.arange(len(names))
-    for i, (label, values) in enumerate(series.items()):
-        bars = ax.bar(x + i * width - 0.4 + width / 2, values, width, label=label, color=PALETTE[i % len(PALETTE)])
-        ax.bar_label(bars, fmt="%.2f", fontsize=6, padding=1)
-    ax.set_xticks(x, names)
-    ax.set_ylim(min(0.0, *[v for vs in series.values() for v in vs]), 1.1)
-    ax.set_ylabel("held-out score", fontsize=8)
-    ax.set_title("linking r -> w on the held-out split", fontsize=9)
-    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_counterfactuals(arrays: dict[str, np.ndarray], items: pd.DataFrame, name: str, path: Path,
-                           per_row: int = 4, max_pairs: int = 24) -> bytes:
-    """One panel per pair: the linked re-rendering of a start sample, its counterfactual, and where they differ."""
-    stored = items[items["image"] >= 0]
-    first = stored.groupby(["origin", "target"], sort=True).head(1).head(max_pairs)
-    n = max(len(first), 1)
-    rows = -(-n // per_row)
-    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.25 * 3 * per_row, 1.55 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, item in enumerate(first.itertuples()):
-        before = arrays["images_before"][item.image].astype(np.float32) / 255
-        after = arrays["images_after"][item.image].astype(np.float32) / 255
-        diff = np.abs(after - before).mean(-1)
-        row, col = divmod(k, per_row)
-        cells = axes[row, 3 * col : 3 * col + 3]
-        cells[0].imshow(before)
-        cells[1].imshow(after)
-        cells[2].imshow(diff / max(float(diff.max()), 1e-6), cmap="magma")
-        mark = "flipped" if item.success else "not flipped"
-        cells[0].set_title(f"{item.origin_name} -> {item.target_name}", fontsize=7, loc="left")
-        cells[1].set_title(f"{mark}, {item.steps} steps", fontsize=6)
-        cells[2].set_title(f"|difference|, {item.image_distance:.2f}", fontsize=6)
-    fig.suptitle(f"{name}: counterfactuals (original re-rendering, counterfactual, difference)", fontsize=9)
-    fig.tight_layout()
-    return _save(fig, path)
-
-
-def figure_pair_matrix(metrics: dict[str, Any], name: str, path: Path) -> bytes:
-    """Success rate per (origin, target) pair, and on the built-in world the cosine between the
-    ground-truth factors the counterfactuals change and those that separate the two species."""
-    pairs = metrics["pairs"]
-    names = list(dict.fromkeys([p["origin_name"] for p in pairs] + [p["target_name"] for p in pairs]))
-    index = {c: i for i, c in enumerate(names)}
-    panels = [("success_rate", "success rate", "viridis", (0, 1))]
-    if any(p.get("factor_cosine") is not None for p in pairs):
-        panels.append(("factor_cosine", "factor change vs species separation (cosine)", "RdBu", (-1, 1)))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.0), squeeze=False)
-    for ax, (key, title, cmap, (lo, hi)) in zip(axes[0], panels):
-        grid = np.full((len(names), len(names)), np.nan)
-        for p in pairs:
-            value = p.get(key)
-            grid[index[p["origin_name"]], index[p["target_name"]]] = np.nan if value is None else value
-        im = ax.imshow(grid, cmap=cmap, vmin=lo, vmax=hi)
-        for (i, j), v in np.ndenumerate(grid):
-            if np.isfinite(v):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if key == "success_rate" and v < 0.6 else "k")
-        ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
-        ax.set_yticks(range(len(names)), names, fontsize=7)
-        ax.set_xlabel("target", fontsize=8)
-        ax.set_ylabel("origin", fontsize=8)
-        ax.set_title(f"{name}: {title}", fontsize=8)
-        fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return _save(fig, path)
 
 
 def counterfactual_summary(metrics: dict[str, Any], drivers: pd.DataFrame, top: int = 3) -> dict[str, Any]:
@@ -533,13 +237,13 @@ def unit_figures(ctx: Context, name: str, sel: Selectivity, top: pd.DataFrame,
     cfg, paths = ctx.cfg, ctx.paths
     images = sweep_images(ctx, name, top["unit"].tolist())
     drawn.resolution = next(iter(images.values())).shape[-2]
-    drawn.figures.append((f"{name}: sweeps", "sweeps", figure_sweeps(ctx, images, name, top, paths.figures / f"sweeps-{name}.png")))
+    drawn.figures.append((f"{name}: sweeps", "sweeps", figure_sweeps(ctx.cfg.tune.n_steps, images, name, top, paths.figures / f"sweeps-{name}.png")))
     am_table, am_arrays = read_actmax(ctx, name)
     swept = set(analysed_units(cfg, name))
     am_sweeps = {**images, **sweep_images(ctx, name, [int(u) for u in am_arrays["unit"] if u in swept and u not in images])}
     drawn.figures += [
         (f"{name}: activation maximisation", "actmax",
-         figure_actmax(ctx, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))),
+         figure_actmax(ctx.cfg.tune.n_steps, am_sweeps, am_table, am_arrays, name, paths.figure(f"actmax-{name}"))),
         (f"{name}: sweep directions", "directions", figure_directions(am_arrays, name, paths.figure(f"directions-{name}"))),
         (f"{name}: selectivity", "selectivity",
          figure_selectivity(sel.features, top, name, paths.figures / f"selectivity-{name}.png")),
