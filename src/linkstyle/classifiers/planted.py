@@ -13,7 +13,8 @@ last Linear). Every planted unit is computed from the [-1, 1] image alone, in to
 * *image statistics* read the pixels directly. The critters backdrop has HSV saturation exactly
   0.22 everywhere and a known vertical shading, its critter fur 0.30-0.95 (``critters._colours``),
   so a soft foreground mask (:func:`foreground_mask`) separates the critter from its backdrop;
-  the statistics are means over one or the other.
+  the statistics are means over one or the other; the critter's colour and texture over its
+  interior only (the mask eroded by a pixel), since the rim's pixels blend fur and backdrop.
 * *factor probes* are ridge regressions from ``r_base`` to one ground-truth factor of the
   critters world, fitted on training-range images that the base never saw: each is an exact
   linear combination of the base's units. They are fitted *within class* (each class's mean of
@@ -220,13 +221,13 @@ def image_statistics(images: torch.Tensor) -> torch.Tensor:
     lab = srgb_to_lab(rgb)
     xs = ((torch.arange(w, dtype=rgb.dtype, device=rgb.device) + 0.5) / w).view(1, 1, w)
     ys = ((torch.arange(h, dtype=rgb.dtype, device=rgb.device) + 0.5) / h).view(1, h, 1)
-    critter_luma = _wmean(luma, fg)
-    # Texture from the fur's interior only (the soft mask eroded by a pixel): the rim's pixels blend fur
-    # and backdrop, so a spread over them rose with the backdrop's brightness (within-class correlation
-    # 0.46-0.52 with background_luminance, the top factor in two of five species; tests/test_planted.py).
+    # Colour and texture from the fur's interior only (the soft mask eroded by a pixel): the rim's pixels
+    # blend fur and backdrop, so statistics over them rose with the backdrop's brightness (the texture
+    # spread's within-class correlation with background_luminance was 0.46-0.52, its top factor in two
+    # of five species; the mean luminance's up to 0.35; tests/test_planted.py).
     core = -F.max_pool2d(-fg[:, None], 3, stride=1, padding=1)[:, 0]
-    core_luma = _wmean(luma, core)
-    spread = torch.sqrt((_wmean(luma * luma, core) - core_luma**2).clamp(min=0.0) + 1e-10)
+    critter_luma = _wmean(luma, core)
+    spread = torch.sqrt((_wmean(luma * luma, core) - critter_luma**2).clamp(min=0.0) + 1e-10)
     return torch.stack(
         [
             _wmean(luma, bg),  # backdrop_luminance
@@ -235,7 +236,7 @@ def image_statistics(images: torch.Tensor) -> torch.Tensor:
             _wmean(ys.expand_as(fg), fg),  # critter_y (rows grow downwards)
             fg.mean((1, 2)),  # critter_area
             critter_luma,  # critter_luminance
-            _wmean(lab[:, 1], fg),  # critter_lab_a
+            _wmean(lab[:, 1], core),  # critter_lab_a
             spread,  # critter_texture
         ],
         dim=1,
@@ -583,7 +584,7 @@ def check_planted_spec(data: dict[str, Any], path: Path, origin: Origin | None =
 
 
 #: Bumped when an image statistic's definition changes: weights standardised with another definition's
-#: mean and spread are refused, not silently misread. 2: the texture spread inside the eroded fur mask.
+#: mean and spread are refused, not silently misread. 2: the critter's colour and texture inside the eroded fur mask.
 STATISTICS_VERSION = 2
 
 _PAYLOAD = ("kind", "arch", "num_classes", "resolution", "class_names", "base", "base_units", "state_dict")
