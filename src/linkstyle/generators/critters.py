@@ -245,15 +245,15 @@ def _quadric_coefficients(
     )
 
 
-def _ellipse_quadrics(ellipses: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], edge: float) -> torch.Tensor:
-    """[B, 2 * len(ellipses), 6]: per ellipse (frame, semi-axes) the quadrics |p / r|^2 (inside) and
-    (edge |p / r^2|)^2 (the soft edge's width in the ellipse's own units)."""
+def _ellipse_quadrics(ellipses: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], edge: float) -> list[torch.Tensor]:
+    """Per ellipse (frame, semi-axes) two [B, 6] quadrics: |p / r|^2 (inside) and (edge |p / r^2|)^2 (the
+    soft edge's width in the ellipse's own units); stacked by the caller."""
     quadrics = []
     for frame, semi_a, semi_b in ellipses:
         one = torch.ones_like(semi_a)
         quadrics.append(_quadric_coefficients(frame, one, one, 0.0))
         quadrics.append(_quadric_coefficients(frame, (edge / semi_a) ** 2, (edge / semi_b) ** 2, 0.0))
-    return torch.stack(quadrics, dim=1)
+    return quadrics
 
 
 class Critters(nn.Module):
@@ -513,6 +513,10 @@ class Critters(nn.Module):
             (ears[0], es, 0.45 * es),
             (ears[1], es, 0.45 * es),
         ]
+        # Built here, before the capsules: autograd sums the gradients a tensor gets from several uses in
+        # the order the uses were made, so moving this changes gradients in their last bits (and with them
+        # every counterfactual search through the rendering), though not one rendered pixel.
+        quadrics = _ellipse_quadrics(ellipses, edge)
         # Capsules run along their frame's first axis, in edge units.
         capsules = torch.cat(
             [
@@ -527,7 +531,7 @@ class Critters(nn.Module):
             cx, cy, th + f["stripe_angle"], 1.0 / (2.0 * math.pi * f["stripe_frequency"]), 1.0
         )
         return {
-            "quadrics": _ellipse_quadrics(ellipses, edge),  # [B, 8, 6]
+            "quadrics": torch.stack(quadrics, dim=1),  # [B, 8, 6]
             "capsules": capsules,  # [B, 6, 3]
             "stripe": stripe[:, 0],  # [B, 3] phase row
             "neck": torch.stack([neck_len, 0.55 * hr], dim=1) / edge,
