@@ -634,10 +634,10 @@ def load_planted(path: str | Path, name: str, device: torch.device, origin: Orig
                                    f"is '{base}'", origin)
     if payload.get("planted") != [u.name for u in PLANTED_UNITS]:
         raise artifact_error(path, "holds other planted units than this linkstyle plants (written by another version)", origin)
-    if payload.get("statistics_version", 1) != STATISTICS_VERSION:
-        raise artifact_error(path, f"was planted with image statistics of version {payload.get('statistics_version', 1)}, "
-                                   f"this linkstyle computes version {STATISTICS_VERSION} (written by another version)",
-                             origin)
+    version = payload.get("statistics_version", 1)  # files from before the statistics were versioned: 1
+    if version != STATISTICS_VERSION:
+        raise artifact_error(path, f"was planted with image statistics of version {version}, this linkstyle "
+                                   f"computes version {STATISTICS_VERSION} (written by another version)", origin)
     net = build_planted_net(payload["arch"], payload["num_classes"], payload["resolution"])
     try:
         net.load_state_dict(payload["state_dict"])

@@ -366,10 +366,11 @@ def label_drivers(drivers: pd.DataFrame, units: pd.DataFrame | None) -> pd.DataF
 
 def read_counterfactuals(ctx: Context, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """items, drivers, factors and metrics of classifier ``name`` (for the report)."""
-    def read(part: str) -> Any:
-        return ctx.read(f"counterfactual_{part}", classifier=name)
+    def read(kind: str) -> Any:
+        return ctx.read(kind, classifier=name)
 
-    return read("items"), read("drivers"), read("factors"), read("metrics")
+    return (read("counterfactual_items"), read("counterfactual_drivers"), read("counterfactual_factors"),
+            read("counterfactual_metrics"))
 
 
 def read_counterfactual_images(ctx: Context, name: str) -> dict[str, np.ndarray]:

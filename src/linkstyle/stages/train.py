@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..classifiers.demo import save_demo, train_demo
-from ..classifiers.planted import planted_spec_path, write_planted_spec
+from ..classifiers.planted import write_planted_spec
 from ..config import ConfigError
 from ..errors import LinkstyleError
 from ..io import ARTIFACT_KEY, write_json
@@ -126,7 +126,7 @@ def run_plant(ctx: Context, name: str) -> None:
     paths = ctx.paths
     made = ctx.origin("train_classifier", classifier=name)
     weights = paths.classifier_weights(name)
-    write_planted_spec(spec, planted_spec_path(weights), name, base_name, made)
+    write_planted_spec(spec, paths.planted_spec(name), name, base_name, made)
     save_planted(clf, arch, cfg.generator.resolution, base_name, weights, {"metrics": metrics, ARTIFACT_KEY: made.record()})
     write_json(metrics, paths.classifier_metrics(name), made)
-    ctx.wrote(planted_spec_path(weights), weights, paths.classifier_metrics(name))
+    ctx.wrote(paths.planted_spec(name), weights, paths.classifier_metrics(name))
