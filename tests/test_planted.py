@@ -78,7 +78,7 @@ def test_the_planted_units_and_their_expected_meanings():
     assert len(PLANTED_UNITS) == PLANTED_UNIT_COUNT == 16
     assert [u.name for u in STATISTIC_UNITS] == ["backdrop_luminance", "backdrop_lab_b", "critter_x", "critter_y",
                                                 "critter_area", "critter_luminance", "critter_lab_a", "critter_texture"]
-    assert PROBE_FACTORS == ("tail_length", "ear_size", "leg_length", "head_size", "eye_size", "body_height",
+    assert PROBE_FACTORS == ("position_x", "position_y", "pose", "hue", "luminance", "stripe_contrast",
                              "background_luminance", "saturation")
     assert set(PROBE_FACTORS) <= set(FACTOR_NAMES)
     assert len({u.name for u in PLANTED_UNITS}) == 16
@@ -89,8 +89,39 @@ def test_the_planted_units_and_their_expected_meanings():
             assert part in PART_NAMES and prop in PLANTED_PROPERTIES and sign in "+-", (u.name, part, prop, sign)
     by_name = {u.name: u for u in PLANTED_UNITS}
     assert ("background", "center_x", "-") in by_name["critter_x"].expected
-    assert ("leg", "center_y", "+") in by_name["probe_leg_length"].expected
+    assert ("tail", "center_y", "+") in by_name["probe_pose"].expected and ("nose", "center_y", "-") in by_name["probe_pose"].expected
     assert {p for p, _, _ in by_name["probe_saturation"].expected} == {"body", "head", "ear", "leg", "tail"}
+
+
+def test_each_probes_expected_signs_are_how_the_world_renders_its_factor(gen64):
+    """Measured on exact masks: within a class, every expected (part, property) of a probe moves with
+    the probe's factor in the expected direction (circular properties as deviations from the class's
+    circular mean), and the strongest of them clearly (|r| > 0.4)."""
+    from linkstyle.classifiers.planted import PROBE_UNITS, _render_decorrelated
+    from linkstyle.linking import within_class
+    from linkstyle.measures import STATIC_PROPERTIES, part_measures
+    from linkstyle.selectivity import PERIODS, circular_difference
+
+    with torch.no_grad():
+        images, classes, truth = _render_decorrelated(gen64, np.arange(450), 1.0, CPU, 0)
+    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    measured = part_measures(pixels, truth.masks.numpy(), len(PART_NAMES)).astype(np.float64)
+    c = classes.numpy()
+    for unit in PROBE_UNITS:
+        factor = within_class(truth.factors[:, [FACTOR_NAMES.index(unit.factor)]].double().numpy(), c)[:, 0]
+        strongest = 0.0
+        for part, prop, sign in unit.expected:
+            x = measured[:, PART_NAMES.index(part), list(STATIC_PROPERTIES).index(prop)]
+            ok = np.isfinite(x)
+            for k in np.unique(c) if prop in PERIODS else []:  # deviations from the class's circular mean
+                rows = ok & (c == k)
+                angles = np.radians(x[rows] * 360.0 / PERIODS[prop])
+                centre = math.degrees(math.atan2(np.sin(angles).mean(), np.cos(angles).mean())) * PERIODS[prop] / 360.0
+                x[rows] = circular_difference(np.full(rows.sum(), centre), x[rows], PERIODS[prop])
+            r = np.corrcoef(factor[ok], within_class(x[ok, None], c[ok])[:, 0])[0, 1]
+            assert r * (1 if sign == "+" else -1) > 0.05, (unit.name, part, prop, sign, r)
+            strongest = max(strongest, abs(r))
+        assert strongest > 0.4, (unit.name, strongest)
 
 
 def test_expected_properties_are_measured_ones():
@@ -392,7 +423,7 @@ def test_the_train_stage_plants_units_and_writes_its_artifacts(tmp_path):
     assert [u["unit"] for u in spec] == list(range(512, 528)) == metrics["planted_units"]
     assert [u["name"] for u in spec] == [u.name for u in PLANTED_UNITS]
     assert spec[0]["expected"] == [["background", "luminance", "+"]] and spec[0]["probe_r2"] is None
-    assert spec[8]["kind"] == "probe" and spec[8]["probe_r2"] == metrics["probe_r2"]["tail_length"]
+    assert spec[8]["kind"] == "probe" and spec[8]["probe_r2"] == metrics["probe_r2"]["position_x"]
 
     paths.classifier_weights("resnet18").unlink()  # the planted file holds the whole network
     clf = load_classifier(cfg, "planted", CPU)

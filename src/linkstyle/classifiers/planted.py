@@ -98,16 +98,32 @@ PLANTED_UNITS: tuple[PlantedUnit, ...] = (
     PlantedUnit("critter_lab_a", "colour", STATISTIC, _each(FUR_PARTS, ("lab_a",))),
     PlantedUnit("critter_texture", "texture", STATISTIC,
                 _each(("body", "tail"), ("entropy_mean", "entropy_std", "entropy_max"))),
-    PlantedUnit("probe_tail_length", "probe", PROBE, _each(["tail"], ("area", "width")), "tail_length"),
-    PlantedUnit("probe_ear_size", "probe", PROBE, _each(["ear"], ("area", "width", "height")), "ear_size"),
-    PlantedUnit("probe_leg_length", "probe", PROBE, _each(["leg"], ("area", "width", "height", "center_y")),
-                "leg_length"),
-    PlantedUnit("probe_head_size", "probe", PROBE, _each(["head"], ("area", "width", "height")), "head_size"),
-    PlantedUnit("probe_eye_size", "probe", PROBE, _each(["eye"], ("area", "width", "height")), "eye_size"),
-    PlantedUnit("probe_body_height", "probe", PROBE, _each(["body"], ("area", "height")), "body_height"),
-    PlantedUnit("probe_background_luminance", "probe", PROBE, (("background", "luminance", "+"),),
+    # A probe's expected meaning is its factor's: the (part, property) pairs the world says that factor
+    # changes (critters FACTOR_CONCEPTS, which concept recovery scores against), each with the sign it
+    # has for every species (hue's CIELAB a*/b* turn either way, so only hue itself is listed): a
+    # brighter fur comes with darker eyes and nose, a brighter backdrop with a stronger shading.
+    # Probes of the factors the default base network carries (within-class cross-validated R^2 0.5-0.95
+    # from ResNet-18's features; docs/selectivity.md): a probe of a factor the network barely carries
+    # (ear size, R^2 0.01) correlates with its factor at 0.1 and is mostly other things, so its meaning
+    # is not known. Signs as the world renders them (tests/test_planted.py measures them): y grows
+    # upwards in the factors and downwards in center_y; a raised nose turns the body's axis counter-clockwise;
+    # the tail is too thin for its stripes to change its local entropy.
+    PlantedUnit("probe_position_x", "probe", PROBE, _each(CRITTER_PARTS, ("center_x",)), "position_x"),
+    PlantedUnit("probe_position_y", "probe", PROBE, _each(CRITTER_PARTS, ("center_y",), "-"), "position_y"),
+    PlantedUnit("probe_pose", "probe", PROBE,
+                _each(("body", "head"), ("angle",)) + _each(("head", "ear", "eye", "nose"), ("center_y",), "-")
+                + (("tail", "center_y", "+"),), "pose"),
+    PlantedUnit("probe_hue", "probe", PROBE, _each(FUR_PARTS, ("hue",)), "hue"),
+    PlantedUnit("probe_luminance", "probe", PROBE,
+                _each(FUR_PARTS, ("luminance",)) + _each(("eye", "nose"), ("luminance",), "-"), "luminance"),
+    PlantedUnit("probe_stripe_contrast", "probe", PROBE,
+                _each(["body"], ("entropy_mean", "entropy_std", "entropy_max"))
+                + _each(("body", "tail"), ("luminance",), "-"), "stripe_contrast"),
+    PlantedUnit("probe_background_luminance", "probe", PROBE,
+                _each(["background"], ("luminance", "entropy_mean", "entropy_min", "entropy_max")),
                 "background_luminance"),
-    PlantedUnit("probe_saturation", "probe", PROBE, _each(FUR_PARTS, ("chroma",)), "saturation"),
+    PlantedUnit("probe_saturation", "probe", PROBE,
+                _each(FUR_PARTS, ("chroma",)) + _each(FUR_PARTS, ("luminance",), "-"), "saturation"),
 )
 STATISTIC_UNITS = tuple(u for u in PLANTED_UNITS if u.kind == STATISTIC)
 PROBE_UNITS = tuple(u for u in PLANTED_UNITS if u.kind == PROBE)
