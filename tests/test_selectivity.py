@@ -54,6 +54,20 @@ def test_sweep_changes_are_last_minus_first_and_circular_where_periodic():
     np.testing.assert_allclose(d[0], [[20.0, 1.0], [20.0, 2.0]])
 
 
+def test_a_hue_factor_turns_by_its_plain_difference_and_a_measured_hue_modulo_360():
+    """A planted hue probe's sweep moved the world's hue factor 0.08 -> 0.49 -> 0.92 of the wheel: a
+    turn of +0.84 (the factor is monotone along the sweep), which modulo 1 read as -0.16. The
+    measured hue of a part is known only modulo 360 at each step, so its change stays circular."""
+    feats = Features(kind=np.array(["factor", "measure"], object), part=np.array(["", "body"], object),
+                     prop=np.array(["hue", "hue"], object), scale=np.ones(2), factor_periods={"hue": 1.0})
+    np.testing.assert_array_equal(np.isnan(feats.periods), [False, False])  # both spreads are circular
+    values = np.zeros((1, 1, 3, 2))
+    values[0, 0, :, 0] = [0.08, 0.49, 0.92]
+    values[0, 0, :, 1] = [20.0, 170.0, 330.0]
+    d = sweep_changes(values, feats.change_periods)
+    np.testing.assert_allclose(d[0, 0], [0.84, -50.0])
+
+
 def test_effects_scale_by_the_reference_spread_and_bootstrap_per_unit():
     changes = np.zeros((2, 10, 2))
     changes[0, :, 0] = 2.0 + np.linspace(-0.1, 0.1, 10)  # consistent: effect 1.0 in spreads of 2

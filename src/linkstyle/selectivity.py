@@ -87,8 +87,21 @@ class Features:
 
     @property
     def periods(self) -> np.ndarray:
+        """The period of each circular feature (NaN elsewhere): what spreads over images are taken modulo."""
         table = {"measure": PERIODS, "factor": self.factor_periods}
         return np.array([table[k].get(p, np.nan) for k, p in zip(self.kind, self.prop)], np.float64)
+
+    @property
+    def change_periods(self) -> np.ndarray:
+        """The period a sweep's change is taken modulo: a measured angle or hue's, none for factors.
+
+        A ground-truth factor is an exact, continuous function of ``w`` along the sweep's straight
+        line (the world's hue is the sigmoid of a linear function of ``w``: it turns monotonically and
+        never jumps at the wheel's seam), so its plain last-minus-first difference is how far it
+        turned. Taken modulo 1, a hue probe's sweep 0.08 -> 0.49 -> 0.92 of the wheel read as a turn
+        of -0.16 instead of +0.84. A measured angle is known only modulo its period at every step.
+        """
+        return np.where(self.kind == "factor", np.nan, self.periods)
 
     @property
     def ranked(self) -> np.ndarray:
@@ -312,7 +325,7 @@ class UnitResults:
 
 def analyse_block(block: Block, feats: Features, crit: SelectivityConfig, seed: int) -> UnitResults:
     """Everything the selectivity stage says about these units, from their sweeps alone."""
-    changes = sweep_changes(block.values, feats.periods)
+    changes = sweep_changes(block.values, feats.change_periods)
     eff = effects(changes, feats.scale, block.units, crit, seed)
     n_u, n_f = eff.effect.shape
     units = block.units

@@ -121,7 +121,9 @@ FACTOR_CONCEPTS: dict[str, tuple[tuple[str, str], ...]] = {
     "background_luminance": _pairs(["background"], ("luminance", *_TEXTURE)),
 }
 
-#: Factors that are angles on a colour wheel: 0 and 1 are the same red, so a change is taken modulo 1.
+#: Factors that are angles on a colour wheel: 0 and 1 are the same red, so their spread over images is
+#: taken modulo 1. Along a sweep (a straight line in w) each factor, a sigmoid of a linear function of w,
+#: moves monotonically inside (0, 1), so a sweep's change of a hue is its plain difference.
 CIRCULAR_FACTORS: dict[str, float] = {"hue": 1.0, "background_hue": 1.0}
 
 CLASS_NAMES: tuple[str, ...] = (
