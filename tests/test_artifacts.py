@@ -110,6 +110,27 @@ def test_read_refuses_an_artifact_written_with_another_stages_origin(ctx):
         ctx.read("link_metrics", classifier="regnet")
 
 
+def test_read_refuses_a_file_of_another_shard_or_classifier_and_trusts_files_that_record_none(ctx):
+    cfg, paths = ctx.cfg, ctx.paths
+    path = paths.tune_arrays("regnet", 1)
+    path.parent.mkdir(parents=True)
+    write_npz(path, origin(cfg, "tune", classifier="regnet", shard=0), **_tune_arrays())  # shard 0's, copied to 1
+    with pytest.raises(ArtifactError, match="made for classifier regnet, shard 0, but this is the place of "
+                                            "classifier regnet, shard 1"):
+        ctx.read("tune_arrays", classifier="regnet", shard=1)
+    write_npz(path, origin(cfg, "tune", classifier="resnet18", shard=1), **_tune_arrays())
+    with pytest.raises(ArtifactError, match="made for classifier resnet18, shard 1"):
+        ctx.read("tune_arrays", classifier="regnet", shard=1)
+    made = origin(cfg, "tune", classifier="regnet", shard=1)
+    assert made.record()["wildcards"] == {"classifier": "regnet", "shard": "1"}
+    write_npz(path, made, **_tune_arrays())
+    assert ctx.read("tune_arrays", classifier="regnet", shard=1)["step"].tolist() == [0, 1]
+    older = origin(cfg, "tune")  # as files written before wildcards were recorded
+    assert "wildcards" not in older.record()
+    write_npz(path, older, **_tune_arrays())
+    assert ctx.read("tune_arrays", classifier="regnet", shard=1)["step"].tolist() == [0, 1]
+
+
 def test_read_takes_exactly_its_stages_wildcards_and_known_kinds(ctx):
     with pytest.raises(TypeError, match=r"takes wildcards \('classifier', 'shard'\)"):
         ctx.read("tune_arrays", classifier="regnet")

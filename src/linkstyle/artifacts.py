@@ -30,7 +30,8 @@ def origin(cfg: Config, stage: str, **wildcards: object) -> Origin:
     made_by = find_stage(stage)
     options = "".join(f" --{k} {v}" for k, v in wildcards.items())
     remake = f"linkstyle {made_by.name}{options} --config {RunPaths(cfg.run_dir).config}"
-    return Origin(made_by.name, made_by.sections, cfg.stage_digest(made_by.name), remake, made_by.recorded_as)
+    return Origin(made_by.name, made_by.sections, cfg.stage_digest(made_by.name), remake, made_by.recorded_as,
+                  tuple((k, str(v)) for k, v in wildcards.items()))
 
 
 _ROWS = ("n",)

@@ -39,16 +39,22 @@ class ArtifactError(LinkstyleError):
 class Origin:
     """The stage that makes an artifact, the config sections it reads and their digest, and the
     command that remakes the artifact (for error messages). ``recorded_as``: older names of the stage
-    that artifacts made before a rename record, accepted by readers (registry.Stage.recorded_as)."""
+    that artifacts made before a rename record, accepted by readers (registry.Stage.recorded_as).
+    ``wildcards``: which of the stage's artifacts this is (classifier, shard, ...), as text, so that a
+    file of another shard or classifier copied into place is refused."""
 
     stage: str
     sections: tuple[str, ...]
     digest: str
     remake: str
     recorded_as: tuple[str, ...] = ()
+    wildcards: tuple[tuple[str, str], ...] = ()
 
     def record(self) -> dict[str, Any]:
-        return {"stage": self.stage, "sections": list(self.sections), "digest": self.digest}
+        made = {"stage": self.stage, "sections": list(self.sections), "digest": self.digest}
+        if self.wildcards:
+            made["wildcards"] = dict(self.wildcards)
+        return made
 
 
 @dataclass(frozen=True)
@@ -225,8 +231,13 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 # ----------------------------------------------------------------------------- checks
 
 
+def _named(wildcards: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in wildcards.items())
+
+
 def check_origin(path: Path, recorded: Any, origin: Origin | None) -> None:
-    """Was ``path`` made by ``origin.stage`` with the current config? (Nothing to check without an origin.)"""
+    """Was ``path`` made by ``origin.stage``, for the same wildcards, with the current config? (Nothing to
+    check without an origin.)"""
     if origin is None:
         return
     if not isinstance(recorded, Mapping) or "stage" not in recorded or "digest" not in recorded:
@@ -235,6 +246,11 @@ def check_origin(path: Path, recorded: Any, origin: Origin | None) -> None:
     if recorded["stage"] != origin.stage and recorded["stage"] not in origin.recorded_as:
         raise artifact_error(path, f"was made by stage '{recorded['stage']}', but stage '{origin.stage}' makes the "
                                    "file expected here (a file copied to the wrong place?)", origin)
+    # Files written before wildcards were recorded (2026-12-06) carry none and are taken on trust.
+    made_for = recorded.get("wildcards")
+    if origin.wildcards and isinstance(made_for, Mapping) and made_for != dict(origin.wildcards):
+        raise artifact_error(path, f"was made for {_named(made_for)}, but this is the place of "
+                                   f"{_named(dict(origin.wildcards))} (a file copied from another one?)", origin)
     if recorded["digest"] != origin.digest:
         sections = ", ".join(origin.sections) or "the config"
         raise artifact_error(
