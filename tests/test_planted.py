@@ -101,11 +101,11 @@ def test_each_probes_expected_signs_are_how_the_world_renders_its_factor(gen64):
     from linkstyle.linking import within_class
     from linkstyle.measures import STATIC_PROPERTIES, part_measures
     from linkstyle.selectivity import PERIODS, circular_difference
+    from linkstyle.stages.tune import to_uint8  # the images' storage form, which the sweeps are measured in
 
     with torch.no_grad():
         images, classes, truth = _render_decorrelated(gen64, np.arange(450), 1.0, CPU, 0)
-    pixels = ((images.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-    measured = part_measures(pixels, truth.masks.numpy(), len(PART_NAMES)).astype(np.float64)
+    measured = part_measures(to_uint8(images), truth.masks.numpy(), len(PART_NAMES)).astype(np.float64)
     c = classes.numpy()
     for unit in PROBE_UNITS:
         factor = within_class(truth.factors[:, [FACTOR_NAMES.index(unit.factor)]].double().numpy(), c)[:, 0]

@@ -366,11 +366,9 @@ def label_drivers(drivers: pd.DataFrame, units: pd.DataFrame | None) -> pd.DataF
 
 def read_counterfactuals(ctx: Context, name: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """items, drivers, factors and metrics of classifier ``name`` (for the report)."""
-    def read(kind: str) -> Any:
-        return ctx.read(kind, classifier=name)
-
-    return (read("counterfactual_items"), read("counterfactual_drivers"), read("counterfactual_factors"),
-            read("counterfactual_metrics"))
+    kinds = ("counterfactual_items", "counterfactual_drivers", "counterfactual_factors", "counterfactual_metrics")
+    items, drivers, factors, metrics = (ctx.read(kind, classifier=name) for kind in kinds)
+    return items, drivers, factors, metrics
 
 
 def read_counterfactual_images(ctx: Context, name: str) -> dict[str, np.ndarray]:
