@@ -28,9 +28,21 @@ def setup_torch(threads: int = 0) -> None:
     """Deterministic kernels and a fixed CPU thread count (0 keeps torch's default)."""
     if threads > 0:
         torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    _deterministic_kernels()
     torch.backends.cudnn.benchmark = False
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def _deterministic_kernels() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without its import of the
+    compiler (``torch._inductor``, whose flag only matters to ``torch.compile``, which no stage
+    uses): that import cost 1.3 s of every job's start. Where the compiler is loaded anyway, or
+    torch lacks the kernel switch, the public call does both."""
+    switch = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if switch is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        return
+    switch(True, warn_only=True)
 
 
 log = logging.getLogger("linkstyle")
