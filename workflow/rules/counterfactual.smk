@@ -14,6 +14,8 @@ rule counterfactual:
         PATHS.log("counterfactual", "{clf}"),
     benchmark:
         PATHS.benchmark("counterfactual", "{clf}")
+    # The longest single job: started as soon as it can, so that shorter ones fill in around it.
+    priority: 1
     conda:
         "../../envs/linkstyle.yaml"
     threads: 1

@@ -10,6 +10,9 @@ rule train_classifier:
         PATHS.log("train_classifier", "{clf}"),
     benchmark:
         PATHS.benchmark("train_classifier", "{clf}")
+    # Both cores, and nothing else needs what the others make first: training starts at once, so a
+    # one-core job (the segmenter's training) never holds a core while it waits.
+    priority: 2
     conda:
         "../../envs/linkstyle.yaml"
     threads: 2
