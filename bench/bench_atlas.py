@@ -55,6 +55,7 @@ def synthetic_atlas(out: Path, classifiers: int = 4, units: int = 2048, thumb: i
             "gain": rng.uniform(0, 1, units), "weak_sweep": rng.random(units) < 0.2,
         })
         table["concepts"] = np.where(selective, table["concept"] + "; body:area:-", "")
+        table["label_share"] = np.where(selective, 1.0, np.nan)
         feats = pd.DataFrame({
             "unit": np.repeat(ids, 10), "kind": "measure", "part": rng.choice(PARTS, units * 10),
             "property": rng.choice(PROPERTIES, units * 10), "delta_std": rng.normal(0, 1.5, units * 10),

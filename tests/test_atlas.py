@@ -21,6 +21,7 @@ def _units(ids):
     n = len(ids)
     return pd.DataFrame({
         "unit": ids, "concept": ["head:area:+"] + ["none"] * (n - 1), "selective": [True] + [False] * (n - 1),
+        "label_share": [0.9] + [np.nan] * (n - 1),
         "faithful": [True] * n, "faithfulness": np.linspace(0, 1, n), "selectivity_index": np.linspace(1, 0, n),
         "top_part": ["head"] * n, "top_property": ["area"] * n, "top_delta_std": np.linspace(3, -3, n),
         "motion_part": ["tail"] * n, "motion": np.full(n, 0.1),
@@ -48,6 +49,7 @@ def test_every_unit_is_listed_and_units_without_results_say_not_analysed():
     assert c["unit"] == [0, 1, 2, 3, 4, 5]
     assert c["analysed"] == [False, True, True, True, False, False]
     assert c["concept"][0] == NOT_ANALYSED and c["concept"][1] == "head:area:+"
+    assert c["label_share"][1] == 0.9 and c["label_share"][2] is None
     assert c["sheet"] == [-1, 0, 0, 1, -1, -1] and c["row"][3] == 0
     assert c["faithfulness"][0] is None  # NaN -> null, valid JSON
     json.dumps(atlas.payload(), allow_nan=False)

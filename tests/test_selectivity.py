@@ -17,10 +17,12 @@ from linkstyle.selectivity import (
     explanations,
     faithfulness,
     label_agreement,
+    label_agreement_settled,
     label_in_top3,
     planted_recovery,
     population,
     selectivity_index,
+    settled,
     spearman_rows,
     spread,
     summarise,
@@ -171,6 +173,26 @@ def test_the_explanation_ranks_what_stands_out_and_the_label_is_its_first_item()
     assert labels.loc[0, "top_factor"] == "pose"
 
 
+def test_a_labels_share_says_whether_its_first_place_is_settled_or_a_near_tie():
+    """Two properties that move alike (an eye with its head) trade first place between resamples of
+    the start samples; a property far ahead keeps it in every resample."""
+    rng = np.random.default_rng(1)
+    base = np.array([0.6, 9.0, 3.0, 7.0, 0.1, 0.1, 3.0])
+    clear = np.tile(base, (1, 10, 1)) + rng.normal(0.0, 0.2, (1, 10, 7))
+    tied = clear.copy()
+    tied[..., 0] = tied[..., 2] + rng.normal(0.0, 0.5, (1, 10))  # head area ~ tail width, start by start
+    for changes, low, high in ((clear, 0.99, 1.0), (tied, 0.2, 0.8)):
+        eff = effects(changes, FEATS.scale, [3], CRIT, seed=0, ranked=FEATS.ranked)
+        lead = eff.lead[0, FEATS.ranked]
+        assert lead.sum() == pytest.approx(1.0) and np.isnan(np.delete(eff.lead[0], FEATS.ranked)).all()
+        explained = explanations([3], eff, FEATS, CRIT)
+        labels = unit_labels([3], eff, FEATS, explained, CRIT)
+        assert low <= labels.loc[0, "label_share"] <= high, labels.loc[0, ["concept", "label_share"]]
+    nothing = np.tile(np.array([0.3, 0.0, 0.2, 0.0, 0.1, 0.0, 0.0]), (1, 8, 1))
+    _, labels = _explain(nothing)
+    assert np.isnan(labels.loc[0, "label_share"])
+
+
 def test_the_backdrops_shape_never_explains_but_its_colour_does():
     """The backdrop's area, centroid and ellipse are the complement of the parts in front of it."""
     feats = Features(kind=np.array(["measure"] * 4, object),
@@ -247,6 +269,17 @@ def test_label_in_top3_forgives_near_ties_only():
     # unit 0: second item of the other; 1: none against a label; 2: same; 3: neither labelled; 4: fourth item only
     assert label_in_top3(a, b, explained) == pytest.approx(2 / 4)
     assert label_agreement(a, b) == pytest.approx(1 / 4)
+
+
+def test_agreement_of_settled_labels_leaves_out_near_ties_in_either_analysis():
+    a = pd.DataFrame({"unit": [0, 1, 2, 3], "concept": ["ear:area:+", "eye:center_y:-", "tail:width:+", NO_CONCEPT],
+                      "label_share": [0.9, 0.4, 0.8, np.nan]})
+    b = pd.DataFrame({"unit": [3, 2, 1, 0], "concept": ["body:area:+", "tail:width:-", "head:center_y:-", "ear:area:+"],
+                      "label_share": [0.95, 0.7, 0.6, 1.0]})
+    # unit 0 agrees, 2 disagrees (both settled); 1 is a near-tie in a, 3 unlabelled in a: left out
+    assert label_agreement_settled(a, b) == pytest.approx(1 / 2)
+    assert list(settled(a)) == [True, False, True, False]
+    assert label_agreement(a, b) == pytest.approx(1 / 4)  # the plain agreement is unchanged
 
 
 def test_planted_recovery_scores_label_and_rank():

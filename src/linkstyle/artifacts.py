@@ -119,7 +119,7 @@ SELECTIVITY_UNITS: Columns = {
     "unit": "i", "n_starts": "i", "faithfulness": "f", "faithful": "b", "realised_rise": "f", "rise_ratio": "f",
     "gain": "f", "weak_sweep": "b", "monotonic": "f", "class_kept": "f", "top_part": "str", "top_property": "str",
     "top_confidence": "f", "top_delta_std": "f", "top_agreement": "f", "selectivity_index": "f", "concept": "str",
-    "selective": "b", "concepts": "str", "n_concepts": "i", "motion_part": "str", "motion": "f",
+    "selective": "b", "label_share": "f", "concepts": "str", "n_concepts": "i", "motion_part": "str", "motion": "f",
     "motion_direction": "f",
 }
 
@@ -142,6 +142,7 @@ SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
     "concept_agreement": "f", "top3_concept_agreement": "f", "chance_part_agreement": "f",
     "chance_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f", "label_in_truth_top3": "f",
+    "settled_share": "f", "label_agreement_settled": "f",
 }
 
 COUNTERFACTUAL_ITEMS: Columns = {

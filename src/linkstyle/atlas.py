@@ -30,7 +30,7 @@ import pandas as pd
 from .pages import Template
 
 #: Per-unit fields of the index, in the order of the data file's columns.
-UNIT_FIELDS = ("unit", "analysed", "concept", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
+UNIT_FIELDS = ("unit", "analysed", "concept", "label_share", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
                "selectivity_index", "top_part", "top_property", "top_delta_std", "motion_part", "motion", "sheet", "row")
 NOT_ANALYSED = "not analysed"
 #: Bars per unit on its page: its largest changes of (part, property).
@@ -85,7 +85,7 @@ def classifier_atlas(name: str, units_in_model: int, units: pd.DataFrame | None,
     (sheet, row))."""
     table = pd.DataFrame({"unit": np.arange(units_in_model)})
     if units is not None and len(units):
-        keep = ["unit", "concept", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
+        keep = ["unit", "concept", "label_share", "concepts", "selective", "faithful", "faithfulness", "gain", "weak_sweep",
                 "selectivity_index", "top_part", "top_property", "top_delta_std", "motion_part", "motion"]
         table = table.merge(units[keep], on="unit", how="left")
         table["analysed"] = table["concept"].notna()
@@ -94,7 +94,7 @@ def classifier_atlas(name: str, units_in_model: int, units: pd.DataFrame | None,
             table[col] = None
         for col in ("selective", "faithful", "weak_sweep"):
             table[col] = False
-        for col in ("faithfulness", "gain", "selectivity_index", "top_delta_std", "motion"):
+        for col in ("label_share", "faithfulness", "gain", "selectivity_index", "top_delta_std", "motion"):
             table[col] = np.nan
         table["analysed"] = False
     table["concept"] = table["concept"].where(table["analysed"], NOT_ANALYSED)

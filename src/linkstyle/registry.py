@@ -120,10 +120,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "each unit's changes.",
           (CLASSIFIER,), ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision")),
     # selectivity 2: effects in reference spreads, ranked explanations with bootstrap confidence, gain;
-    # 3: the backdrop's shape leaves the explanations; 4: recovery's label_in_truth_top3.
+    # 3: the backdrop's shape leaves the explanations; 4: recovery's label_in_truth_top3; 5: each label's
+    # share of bootstrap resamples (label_share) and recovery's agreement of settled labels.
     Stage("selectivity", "selectivity",
           "Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
-          (CLASSIFIER,), ("seed", "selectivity"), format=4),
+          (CLASSIFIER,), ("seed", "selectivity"), format=5),
     Stage("counterfactual", "counterfactual",
           "Find feature shifts that make the rendered image change class, for every configured class pair, "
           "and what they change.",

@@ -49,6 +49,8 @@ FACTOR_PREFIX = "factor__"
 #: Relative spread below which a property counts as constant over the reference images.
 NEGLIGIBLE = 1e-6
 NO_CONCEPT = "none"
+#: A label is *settled* when it is the largest change in more than this share of bootstrap resamples.
+SETTLED = 0.5
 
 
 def circular_difference(first: np.ndarray, last: np.ndarray, period: float) -> np.ndarray:
@@ -144,12 +146,16 @@ class Effects:
     confidence: np.ndarray  # share of resamples with the same sign and |effect| >= min_effect
     agreement: np.ndarray  # share of starts whose change has the mean's sign
     n_starts: np.ndarray  # starts where the feature is defined at both ends
+    lead: np.ndarray  # share of resamples in which the feature has the largest |effect| of ``ranked`` (NaN elsewhere)
 
 
 def effects(changes: np.ndarray, scale: np.ndarray, units: Sequence[int], crit: SelectivityConfig,
-            seed: int) -> Effects:
+            seed: int, ranked: np.ndarray | None = None) -> Effects:
     """Standardised effects of ``changes`` [U, S, F] (per start) with a bootstrap per unit, whose
-    resampling is seeded by (seed, unit) so that a unit's numbers never depend on its neighbours."""
+    resampling is seeded by (seed, unit) so that a unit's numbers never depend on its neighbours.
+
+    ``ranked``: the columns that compete for a unit's label; for each, the share of resamples in
+    which it is the largest of them (``lead``): how settled the label's first place is."""
     ok = np.isfinite(changes)
     count = ok.sum(1)
     delta = _nanmean(changes, 1)
@@ -157,7 +163,8 @@ def effects(changes: np.ndarray, scale: np.ndarray, units: Sequence[int], crit: 
     effect = delta / np.where(scale > 0, scale, np.nan)
     agree = ((np.sign(changes) == np.sign(delta)[:, None]) & ok & (delta != 0)[:, None]).sum(1) / np.maximum(count, 1)
     n_u, n_s, n_f = changes.shape
-    lo, hi, conf = (np.full((n_u, n_f), np.nan) for _ in range(3))
+    lo, hi, conf, lead = (np.full((n_u, n_f), np.nan) for _ in range(4))
+    ranked = np.arange(n_f) if ranked is None else np.asarray(ranked, np.int64)
     for i, unit in enumerate(units):
         rng = np.random.default_rng(derive(seed, "bootstrap", int(unit)) % 2**63)
         idx = rng.integers(0, n_s, size=(crit.bootstrap, n_s))
@@ -167,7 +174,11 @@ def effects(changes: np.ndarray, scale: np.ndarray, units: Sequence[int], crit: 
             lo[i], hi[i] = np.nanpercentile(boot, [2.5, 97.5], axis=0)
         same = (np.sign(boot) == np.sign(effect[i])) & (np.abs(boot) >= crit.min_effect)
         conf[i] = np.where(np.isfinite(effect[i]), same.mean(0), np.nan)
-    return Effects(delta, effect, lo, hi, conf, agree, count)
+        if len(ranked):
+            size = np.abs(boot[:, ranked])
+            first = np.where(np.isfinite(size), size, -1.0).argmax(1)  # ties: the first column, as in the label
+            lead[i, ranked] = np.bincount(first, minlength=len(ranked)) / len(first)
+    return Effects(delta, effect, lo, hi, conf, agree, count, lead)
 
 
 def selectivity_index(mag: np.ndarray) -> np.ndarray:
@@ -238,10 +249,26 @@ def unit_labels(units: Sequence[int], eff: Effects, feats: Features, explained: 
     lists = explained.groupby("unit")["concept"].apply(lambda c: "; ".join(c))
     counts = explained.groupby("unit").size()
     out["concept"] = label.astype(object)
+    out["label_share"] = label_share(units, eff, feats, explained, label)
     out["selective"] = label != NO_CONCEPT
     out["concepts"] = np.array([lists.get(int(u), "") for u in units], dtype=object)
     out["n_concepts"] = np.array([int(counts.get(int(u), 0)) for u in units], dtype=np.int64)
     return pd.DataFrame(out)
+
+
+def label_share(units: Sequence[int], eff: Effects, feats: Features, explained: pd.DataFrame,
+                label: np.ndarray) -> np.ndarray:
+    """Per unit, the share of bootstrap resamples of its start samples in which its label's property
+    has the largest |effect| of all rankable properties: near 1 for a settled first place, low where
+    properties that move together (an eye and its head) tie and a few starts decide; NaN for ``none``."""
+    column = {(p, q): j for j, (p, q) in enumerate(zip(feats.part, feats.prop))}
+    first = explained[explained["rank"] == 1].set_index("unit")
+    out = np.full(len(units), np.nan)
+    for i, unit in enumerate(units):
+        if label[i] != NO_CONCEPT and int(unit) in first.index:
+            row = first.loc[int(unit)]
+            out[i] = eff.lead[i, column[(row["part"], row["property"])]]
+    return out
 
 
 def spearman_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -326,7 +353,7 @@ class UnitResults:
 def analyse_block(block: Block, feats: Features, crit: SelectivityConfig, seed: int) -> UnitResults:
     """Everything the selectivity stage says about these units, from their sweeps alone."""
     changes = sweep_changes(block.values, feats.change_periods)
-    eff = effects(changes, feats.scale, block.units, crit, seed)
+    eff = effects(changes, feats.scale, block.units, crit, seed, feats.ranked)
     n_u, n_f = eff.effect.shape
     units = block.units
     faith = faithfulness(block.target, block.realised, block.kept, crit)
@@ -452,6 +479,21 @@ def label_agreement(a: pd.DataFrame, b: pd.DataFrame) -> float:
     lb = b.set_index("unit")["concept"].reindex(la.index)
     either = (la != NO_CONCEPT) | (lb != NO_CONCEPT)
     return float((la[either] == lb[either]).mean()) if either.any() else float("nan")
+
+
+def settled(units: pd.DataFrame) -> np.ndarray:
+    """Labelled units whose label is the largest change in most bootstrap resamples (``label_share``
+    above one half): first places that a few start samples or a few pixels cannot flip."""
+    share = units["label_share"].to_numpy(np.float64) if "label_share" in units else np.full(len(units), np.nan)
+    return (units["concept"].to_numpy() != NO_CONCEPT) & (np.nan_to_num(share) > SETTLED)
+
+
+def label_agreement_settled(a: pd.DataFrame, b: pd.DataFrame) -> float:
+    """:func:`label_agreement` over the units whose label is settled in both analyses (beside it, not
+    instead of it): how often two mask sources agree where neither label is a near-tie."""
+    both = pd.Series(settled(a), index=a["unit"].to_numpy()) & pd.Series(settled(b), index=b["unit"].to_numpy())
+    keep = both[both].index
+    return label_agreement(a[a["unit"].isin(keep)], b[b["unit"].isin(keep)]) if len(keep) else float("nan")
 
 
 def label_in_top3(units: pd.DataFrame, other: pd.DataFrame, other_explained: pd.DataFrame) -> float:

@@ -11,6 +11,8 @@ rule actmax:
         PATHS.log("actmax", "{clf}"),
     benchmark:
         PATHS.benchmark("actmax", "{clf}")
+    # See selectivity: the end of the run waits for it.
+    priority: 2
     conda:
         "../../envs/linkstyle.yaml"
     threads: 1

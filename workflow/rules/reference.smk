@@ -10,6 +10,8 @@ rule reference:
         PATHS.log("reference", "{clf}"),
     benchmark:
         PATHS.benchmark("reference", "{clf}")
+    # See selectivity: its classifier's selectivity job waits for it.
+    priority: 2
     conda:
         "../../envs/linkstyle.yaml"
     threads: 1

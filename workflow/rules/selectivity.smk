@@ -16,6 +16,9 @@ rule selectivity:
         PATHS.log("selectivity", "{clf}"),
     benchmark:
         PATHS.benchmark("selectivity", "{clf}")
+    # Short jobs that the end of the run waits for: each runs as soon as it can, not after every
+    # other ready job (a classifier's actmax then overlaps the others' measure jobs).
+    priority: 2
     conda:
         "../../envs/linkstyle.yaml"
     threads: 1

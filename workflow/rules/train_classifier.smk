@@ -12,7 +12,7 @@ rule train_classifier:
         PATHS.benchmark("train_classifier", "{clf}")
     # Both cores, and nothing else needs what the others make first: training starts at once, so a
     # one-core job (the segmenter's training) never holds a core while it waits.
-    priority: 2
+    priority: 3
     conda:
         "../../envs/linkstyle.yaml"
     threads: 2

@@ -310,7 +310,8 @@ def classifier_summary(ctx: Context, clf: ClassifierConfig, lm: dict[str, Any], 
             row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
                                                      "top3_concept_agreement", "chance_part_agreement",
                                                      "chance_concept_agreement", "swept_iou",
-                                                     "label_agreement_with_truth", "label_in_truth_top3")}
+                                                     "label_agreement_with_truth", "label_in_truth_top3",
+                                                     "settled_share", "label_agreement_settled")}
             for row in sel.recovery[sel.recovery["part"] == "all"].itertuples()
         },
         "sweeps": sweep_summary(cfg, units, am_arrays),
@@ -328,6 +329,7 @@ def unit_rows(top: pd.DataFrame) -> list[dict[str, Any]]:
             "unit": int(r.unit),
             "concept": r.concept,
             "explanation": r.concepts or "none",
+            "label settled": float(r.label_share),
             "gain": float(r.gain),
             "largest change": f"{r.top_part}.{r.top_property}",
             "effect": float(r.top_delta_std),

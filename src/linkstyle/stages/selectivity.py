@@ -17,11 +17,14 @@ from ..config import Config
 from ..io import artifact_error, empty_table, write_parquet
 from ..seeds import derive
 from ..selectivity import (
+    NO_CONCEPT,
     Selectivity,
     concept_recovery,
     label_agreement,
+    label_agreement_settled,
     label_in_top3,
     planted_recovery,
+    settled,
     summarise,
     top_units,
 )
@@ -55,6 +58,10 @@ def run_selectivity(ctx: Context, name: str) -> None:
             rec["label_agreement_with_truth"] = label_agreement(res.units, other.units) if other is not None else float("nan")
             rec["label_in_truth_top3"] = (label_in_top3(res.units, other.units, other.explanations) if other is not None
                                           else float("nan"))
+            labelled = res.units["concept"] != NO_CONCEPT
+            rec["settled_share"] = float(settled(res.units)[labelled.to_numpy()].mean()) if labelled.any() else float("nan")
+            rec["label_agreement_settled"] = (label_agreement_settled(res.units, other.units) if other is not None
+                                              else float("nan"))
             frames.append(rec)
     recovery = pd.concat(frames, ignore_index=True) if frames else empty_table(SELECTIVITY_RECOVERY)
     spec = planted_spec(ctx, name)
