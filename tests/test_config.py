@@ -92,6 +92,15 @@ def test_digest_changes_only_with_its_sections():
     assert a.digest("tune") != b.digest("tune")
 
 
+def test_the_selection_reruns_for_new_sweep_bounds_only():
+    """select reads tune.bounds and tune.percentiles: a new shard size must not redo the selection,
+    and with it the link, the counterfactuals and every sweep."""
+    base = from_dict({})
+    assert from_dict({"tune": {"units_per_shard": 7, "n_steps": 5}}).stage_digest("select") == base.stage_digest("select")
+    assert from_dict({"tune": {"bounds": "percentile"}}).stage_digest("select") != base.stage_digest("select")
+    assert from_dict({"tune": {"percentiles": [5, 95]}}).stage_digest("select") != base.stage_digest("select")
+
+
 def test_cli_reports_config_errors_cleanly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("generator:\n  resolution: 16\n")

@@ -87,9 +87,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("extract", "extract",
           "Render one sample shard and record every classifier's features r, prediction and probability.",
           (CLS, SAMPLE_SHARD), ("seed", "generator", "classifiers", "precision")),
+    # Of tune, select reads the sweep bounds only: a new shard size or direction keeps the selection
+    # (and so the link, counterfactuals and every shard's sweeps that do not change).
     Stage("select", "select",
           "Keep a classifier's correctly classified samples, split train/test by seed, set sweep bounds.",
-          (CLASSIFIER,), ("select", "tune")),
+          (CLASSIFIER,), ("select", "tune.bounds", "tune.percentiles")),
     # link 2: the link model holds the back map w -> r.
     Stage("link", "link",
           "Fit r -> w by OLS and by ridge (CV); report R^2, cosine, cycle consistency and CKA on the test split.",
