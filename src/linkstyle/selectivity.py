@@ -484,7 +484,7 @@ def label_agreement(a: pd.DataFrame, b: pd.DataFrame) -> float:
 def settled(units: pd.DataFrame) -> np.ndarray:
     """Labelled units whose label is the largest change in most bootstrap resamples (``label_share``
     above one half): first places that a few start samples or a few pixels cannot flip."""
-    share = units["label_share"].to_numpy(np.float64) if "label_share" in units else np.full(len(units), np.nan)
+    share = units["label_share"].to_numpy(np.float64)
     return (units["concept"].to_numpy() != NO_CONCEPT) & (np.nan_to_num(share) > SETTLED)
 
 
