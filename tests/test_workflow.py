@@ -26,8 +26,9 @@ def test_dry_run_of_the_default_config_plans_every_stage(tmp_path):
     proc = run_snakemake("--directory", str(tmp_path), "-n", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
-    # two demo classifiers and the planted one (16 units in one tune shard; no counterfactuals: it classifies as its base)
-    for rule, count in {"train_classifier": 3, "sample": 5, "extract": 5, "select": 3, "link": 3, "tune": 16, "measure": 16,
+    # two demo classifiers and the planted one (16 units in one tune shard; no counterfactuals: it classifies as its base);
+    # 128 units a shard: 4 of ResNet-18's 512, 4 of RegNet's 400, 1 planted
+    for rule, count in {"train_classifier": 3, "sample": 5, "extract": 5, "select": 3, "link": 3, "tune": 9, "measure": 9,
                         "reference": 3, "selectivity": 3, "counterfactual": 2, "actmax": 3, "report": 1, "atlas": 1}.items():
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), f"{rule} x{count} not planned:\n{out}"
 
