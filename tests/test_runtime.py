@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,3 +78,12 @@ def test_progress_in_a_log_is_lines_with_rate_and_eta():
     assert lines[0] == "tune resnet18 shard 0: 30/100 img (30%), 1.0 img/s, 0:30 elapsed, ETA 1:10"
     assert lines[-1].startswith("tune resnet18 shard 0: 100/100 img (100%)") and lines[-1].endswith("loss 0.123")
     assert isinstance(progress(3, "x"), LogProgress)  # pytest captures stderr: not a terminal
+
+
+def test_setup_torch_turns_on_deterministic_kernels_without_importing_the_compiler():
+    """The kernel switch alone: torch.use_deterministic_algorithms would import torch._inductor (1.3 s)."""
+    code = ("import sys, torch; from linkstyle.runtime import setup_torch; setup_torch(1); "
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(), "
+            "'torch._inductor' in sys.modules, torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False", "1"], out

@@ -23,6 +23,7 @@ from linkstyle.selectivity import (
     population,
     selectivity_index,
     settled,
+    settled_share,
     spearman_rows,
     spread,
     summarise,
@@ -279,6 +280,7 @@ def test_agreement_of_settled_labels_leaves_out_near_ties_in_either_analysis():
     # unit 0 agrees, 2 disagrees (both settled); 1 is a near-tie in a, 3 unlabelled in a: left out
     assert label_agreement_settled(a, b) == pytest.approx(1 / 2)
     assert list(settled(a)) == [True, False, True, False]
+    assert settled_share(a) == pytest.approx(2 / 3)  # of the three labelled units
     assert label_agreement(a, b) == pytest.approx(1 / 4)  # the plain agreement is unchanged
 
 

@@ -249,25 +249,23 @@ def unit_labels(units: Sequence[int], eff: Effects, feats: Features, explained: 
     lists = explained.groupby("unit")["concept"].apply(lambda c: "; ".join(c))
     counts = explained.groupby("unit").size()
     out["concept"] = label.astype(object)
-    out["label_share"] = label_share(units, eff, feats, explained, label)
+    out["label_share"] = label_share(label, eff, feats)
     out["selective"] = label != NO_CONCEPT
     out["concepts"] = np.array([lists.get(int(u), "") for u in units], dtype=object)
     out["n_concepts"] = np.array([int(counts.get(int(u), 0)) for u in units], dtype=np.int64)
     return pd.DataFrame(out)
 
 
-def label_share(units: Sequence[int], eff: Effects, feats: Features, explained: pd.DataFrame,
-                label: np.ndarray) -> np.ndarray:
+def label_share(label: np.ndarray, eff: Effects, feats: Features) -> np.ndarray:
     """Per unit, the share of bootstrap resamples of its start samples in which its label's property
     has the largest |effect| of all rankable properties: near 1 for a settled first place, low where
     properties that move together (an eye and its head) tie and a few starts decide; NaN for ``none``."""
-    column = {(p, q): j for j, (p, q) in enumerate(zip(feats.part, feats.prop))}
-    first = explained[explained["rank"] == 1].set_index("unit")
-    out = np.full(len(units), np.nan)
-    for i, unit in enumerate(units):
-        if label[i] != NO_CONCEPT and int(unit) in first.index:
-            row = first.loc[int(unit)]
-            out[i] = eff.lead[i, column[(row["part"], row["property"])]]
+    column = {(p, q): j for j, (k, p, q) in enumerate(zip(feats.kind, feats.part, feats.prop)) if k == "measure"}
+    out = np.full(len(label), np.nan)
+    for i, concept in enumerate(label):
+        if concept != NO_CONCEPT:
+            part, prop, _ = split_concept(str(concept))
+            out[i] = eff.lead[i, column[(part, prop)]]
     return out
 
 
@@ -486,6 +484,12 @@ def settled(units: pd.DataFrame) -> np.ndarray:
     above one half): first places that a few start samples or a few pixels cannot flip."""
     share = units["label_share"].to_numpy(np.float64)
     return (units["concept"].to_numpy() != NO_CONCEPT) & (np.nan_to_num(share) > SETTLED)
+
+
+def settled_share(units: pd.DataFrame) -> float:
+    """Share of the labelled units whose label is settled (NaN when none is labelled)."""
+    labelled = units["concept"].to_numpy() != NO_CONCEPT
+    return float(settled(units)[labelled].mean()) if labelled.any() else float("nan")
 
 
 def label_agreement_settled(a: pd.DataFrame, b: pd.DataFrame) -> float:

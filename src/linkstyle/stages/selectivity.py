@@ -17,14 +17,13 @@ from ..config import Config
 from ..io import artifact_error, empty_table, write_parquet
 from ..seeds import derive
 from ..selectivity import (
-    NO_CONCEPT,
     Selectivity,
     concept_recovery,
     label_agreement,
     label_agreement_settled,
     label_in_top3,
     planted_recovery,
-    settled,
+    settled_share,
     summarise,
     top_units,
 )
@@ -58,8 +57,7 @@ def run_selectivity(ctx: Context, name: str) -> None:
             rec["label_agreement_with_truth"] = label_agreement(res.units, other.units) if other is not None else float("nan")
             rec["label_in_truth_top3"] = (label_in_top3(res.units, other.units, other.explanations) if other is not None
                                           else float("nan"))
-            labelled = res.units["concept"] != NO_CONCEPT
-            rec["settled_share"] = float(settled(res.units)[labelled.to_numpy()].mean()) if labelled.any() else float("nan")
+            rec["settled_share"] = settled_share(res.units)
             rec["label_agreement_settled"] = (label_agreement_settled(res.units, other.units) if other is not None
                                               else float("nan"))
             frames.append(rec)
