@@ -17,6 +17,7 @@ from skimage.morphology import disk
 from linkstyle.measures import (
     MOTION_PROPERTIES,
     PROPERTIES,
+    RELATIVE_GREY_MEAN,
     STATIC_PROPERTIES,
     farneback_params,
     grey_uint8,
@@ -26,6 +27,7 @@ from linkstyle.measures import (
     luminance,
     part_measures,
     part_measures_many,
+    relative_grey,
     sweep_motion,
 )
 
@@ -245,7 +247,8 @@ def test_entropy_zero_in_flat_region_higher_in_texture():
     assert flat[P["entropy_max"]] == pytest.approx(0.0, abs=1e-9)
     assert flat[P["entropy_mean"]] == pytest.approx(0.0, abs=1e-9)
     assert flat[P["entropy_std"]] == pytest.approx(0.0, abs=1e-9)
-    assert noise[P["entropy_mean"]] > 5.5  # 81 near-distinct values: close to log2(81) = 6.3
+    # 81 values over ~128 relative grey levels (the part's mean on 64): close to log2(81) = 6.3
+    assert noise[P["entropy_mean"]] > 5.2
     assert noise[P["entropy_max"]] <= math.log2(81) + 1e-6
     assert stripes[P["entropy_mean"]] == pytest.approx(1.0, abs=0.01)  # two equiprobable levels
     for row in out:
@@ -353,7 +356,7 @@ def test_entropy_does_not_leak_between_parts():
     whole = local_entropy(grey_uint8(image))
     assert whole[mask == 1].mean() > 2.0
     # The backdrop's own entropy ignores the flat parts: it matches the brute force.
-    expected = brute_entropy_in_parts(grey_uint8(image), mask, 5)
+    expected = brute_entropy_in_parts(relative_grey(luminance(image[None]), mask[None], 3)[0], mask, 5)
     assert out[0, P["entropy_mean"]] == pytest.approx(expected[mask == 0].mean(), abs=1e-5)
 
 
@@ -363,8 +366,9 @@ def test_entropy_statistics_match_brute_force():
     images[:, :, :8] //= 40
     masks = _random_labels(rng, (2, 20, 22), 4, True).astype(np.uint8)
     out = part_measures(images, masks, 5, entropy_radius=3).astype(np.float64)
+    grey = relative_grey(luminance(images), masks, 5)
     for i in range(2):
-        ent = brute_entropy_in_parts(grey_uint8(images[i]), masks[i], 3)
+        ent = brute_entropy_in_parts(grey[i], masks[i], 3)
         for part in range(5):
             values = ent[masks[i] == part]
             if values.size == 0:
@@ -392,9 +396,47 @@ def test_entropy_depends_on_each_segmentation():
     assert (single[:, 0, P["entropy_max"]] > 3).all()  # the whole image sees the noise
     np.testing.assert_allclose(
         single[:, 0, P["entropy_mean"]],
-        local_entropy(grey_uint8(images)).mean(axis=(1, 2)),
+        local_entropy(relative_grey(luminance(images), whole, 1)).mean(axis=(1, 2)),
         atol=1e-5,
     )
+
+
+def test_texture_entropy_does_not_change_with_the_parts_brightness():
+    """A striped part and a shaded backdrop at twice the brightness have the same texture entropy:
+    on absolute grey levels the brighter shading spans twice the levels, and a brightness unit's sweep
+    read as a texture change as much as a luminance change (the planted backdrop-luminance unit)."""
+    rows = np.arange(SIZE, dtype=np.float64)[:, None] * np.ones((1, SIZE))
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    mask[20:44, 16:48] = 1
+    stripes = np.where((np.arange(SIZE) // 3) % 2 == 0, 1.0, 0.5)[None, :] * np.ones((SIZE, 1))
+    out, absolute = [], []
+    for level in (60.0, 120.0):
+        grey = level * (1.0 + 0.3 * rows / SIZE)  # a vertical shading of the backdrop
+        grey[mask == 1] = (level * stripes)[mask == 1]  # stripes removing half the fur's brightness
+        image = np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=2)
+        out.append(measure_one(image, mask, 2))
+        absolute.append(brute_entropy_in_parts(grey_uint8(image), mask, 5)[mask == 0].mean())
+    dark, bright = out
+    assert bright[0, P["luminance"]] > 1.9 * dark[0, P["luminance"]]
+    for name in ("entropy_mean", "entropy_std", "entropy_min", "entropy_max"):
+        assert bright[1, P[name]] == pytest.approx(dark[1, P[name]], abs=1e-6), name
+    # The shading up to the source's rounding to uint8 (1.36 against 1.43 bits).
+    assert bright[0, P["entropy_mean"]] == pytest.approx(dark[0, P["entropy_mean"]], abs=0.1)
+    assert bright[1, P["entropy_mean"]] > 0.9  # the stripes are texture: two levels in every window
+    # On absolute grey levels the brighter shading is busier: what the relative grey removes.
+    assert absolute[1] > absolute[0] + 0.5
+
+
+def test_relative_grey_puts_each_parts_mean_on_the_same_level():
+    lum = np.zeros((1, 4, 4), np.float32)
+    lum[0, :, :2], lum[0, :, 2:] = 0.2, 0.8
+    lum[0, 0, 0] = 0.4  # part 0 mean 0.225
+    masks = np.zeros((1, 4, 4), np.uint8)
+    masks[0, :, 2:] = 1
+    grey = relative_grey(lum, masks, 3)  # part 2 absent: no division by zero
+    assert (grey[0, :, 2:] == RELATIVE_GREY_MEAN).all()
+    assert grey[0, 0, 0] == round(RELATIVE_GREY_MEAN * 0.4 / 0.225)
+    assert (relative_grey(np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 2), np.uint8), 1) == 0).all()
 
 
 # ------------------------------------------------------------------- ellipses

@@ -36,8 +36,16 @@ hue
     achromatic part (chroma near 0) the hue is ill-defined and noisy (pure
     greys have ``|a*|, |b*| < 0.01``, not 0), so read it together with chroma.
 entropy_mean, entropy_std, entropy_min, entropy_max
-    Local Shannon entropy (bits) of the grey image, i.e. the luminance above
-    rounded to uint8, *within the part*: for a pixel of part P, the grey-level
+    Local Shannon entropy (bits) of the part's *relative* grey image, *within
+    the part*: each pixel's luminance divided by its part's mean luminance,
+    quantised so that the mean falls on grey level ``RELATIVE_GREY_MEAN``
+    (``relative_grey``; steps of 1/64 of the mean, a Weber fraction). Texture
+    is then a property of the part's contrast pattern alone, not of its
+    brightness: a stripe pattern or a shading at twice the brightness has the
+    same entropy (on absolute grey levels a brighter shaded backdrop spans more
+    levels, so its "texture" rose with its luminance as much as its luminance
+    did; grey-scale invariance as in Ojala, Pietikainen & Maenpaa, 2002, IEEE
+    TPAMI 24:971-987). For a pixel of part P, the grey-level
     histogram of the pixels of P in the disk of radius ``entropy_radius``
     around it (``skimage.morphology.disk``); pixels of other parts and pixels
     outside the image are left out of the window (``local_entropy_in_parts``).
@@ -47,7 +55,7 @@ entropy_mean, entropy_std, entropy_min, entropy_max
     the disk) the window holds fewer pixels, so the entropy there is at most
     ``log2`` of that count. Then the mean / population std / min / max over
     the part's pixels are taken. With a single part (the whole image) this is exactly
-    ``skimage.filters.rank.entropy(grey, disk(r))`` (``local_entropy``).
+    ``skimage.filters.rank.entropy(relative_grey(...), disk(r))`` (``local_entropy``).
 n_components
     Number of 8-connected components of the part's mask (all sizes).
 eccentricity, angle, center_x, center_y, width, height
@@ -118,6 +126,7 @@ __all__ = [
     "luminance",
     "part_measures",
     "part_measures_many",
+    "relative_grey",
     "sweep_motion",
     "sweep_motion_many",
 ]
@@ -181,6 +190,28 @@ def grey_uint8(images: np.ndarray) -> np.ndarray:
 
 def _luma_to_uint8(luma: np.ndarray) -> np.ndarray:
     return np.rint(luma * np.float32(255.0)).clip(0, 255).astype(np.uint8)
+
+
+#: The grey level a part's mean luminance falls on in ``relative_grey``: levels up to 4x the mean
+#: stay distinct (the darkest stripes, shadings and speckles of a part lie well inside), and a step is
+#: 1/64 of the mean, coarser than uint8 for parts brighter than 0.25 and so immune to their rounding.
+RELATIVE_GREY_MEAN = 64
+
+
+def relative_grey(luma: np.ndarray, masks: np.ndarray, num_parts: int) -> np.ndarray:
+    """uint8 ``[N, H, W]``: each pixel's luma over the mean luma of its part (in its image), times
+    ``RELATIVE_GREY_MEAN``, rounded; 0 in a part whose mean is 0 (black).
+
+    The texture entropy's input: a part's texture must not change when only its brightness does."""
+    luma = np.asarray(luma, np.float32)
+    n_img = luma.shape[0]
+    seg = np.arange(n_img, dtype=np.intp)[:, None, None] * num_parts + masks.astype(np.intp)
+    n_seg = n_img * num_parts
+    total = np.bincount(seg.ravel(), luma.ravel().astype(np.float64), n_seg)
+    count = np.bincount(seg.ravel(), minlength=n_seg)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(total > 0, RELATIVE_GREY_MEAN * count / total, 0.0).astype(np.float32)
+    return np.rint(luma * gain[seg]).clip(0, 255).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------- colour
@@ -593,9 +624,9 @@ def part_measures_many(
     for i0 in range(0, n_img, step):
         chunk = slice(i0, i0 + step)
         lum = luminance(images[chunk])
-        grey = _luma_to_uint8(lum)
         colour = lab_ab(images[chunk])
         for out, (masks, num_parts) in zip(outs, sets):
+            grey = relative_grey(lum, masks[chunk], num_parts)
             if num_parts == 1:  # the same values, without the per-label bookkeeping
                 ent = local_entropy(grey, entropy_radius)
             else:

@@ -113,14 +113,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
           "Train the few-shot part segmenter on the imported label maps (and score it on held-out "
           "exact masks on the built-in world).",
           (), ("seed", "generator", "classes", "measure.parts", "segmentation"), alias="train-segmenter"),
-    # measure 2: entropy inside the part, CIELAB colour.
+    # measure 2: entropy inside the part, CIELAB colour; 3: entropy of the part's relative grey (brightness-free).
     Stage("measure", "measure", "Measure area, luminance, entropy, ellipse and motion of every part in one tuned shard.",
-          (CLASSIFIER, UNIT_SHARD), ("measure",), format=2),
+          (CLASSIFIER, UNIT_SHARD), ("measure",), format=3),
     # The spreads that scale every unit's changes: the segmentation and measures, and how many images.
+    # reference 2: the measures of measure 3.
     Stage("reference", "reference",
           "Render, segment and measure linked held-out samples: the spread of every property that scales "
           "each unit's changes.",
-          (CLASSIFIER,), ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision")),
+          (CLASSIFIER,), ("seed", "measure", "selectivity.reference_images", "generator.batch_size", "precision"),
+          format=2),
     # selectivity 2: effects in reference spreads, ranked explanations with bootstrap confidence, gain;
     # 3: the backdrop's shape leaves the explanations; 4: recovery's label_in_truth_top3; 5: each label's
     # share of bootstrap resamples (label_share) and recovery's agreement of settled labels.
