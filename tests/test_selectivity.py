@@ -253,6 +253,26 @@ def test_concept_recovery_counts_matches_top3_and_chance():
     assert 0 < rec.loc["all", "chance_part_agreement"] < 1
 
 
+def test_the_top3_chance_level_rises_with_lists_that_name_every_factor():
+    """A list that names a concept of every factor meets the top factor whoever the unit is: its top-3
+    rate is 1 and so is its chance level, while lists that name only their own unit's factor score 1
+    against a chance level of the factors' shares."""
+    concepts = {"ear_size": (("ear", "area"),), "hue": (("body", "hue"),), "pose": (("body", "angle"),)}
+    factors = ["ear_size", "hue", "pose", "ear_size", "hue", "pose"]
+    units = pd.DataFrame({"unit": range(6), "selective": True, "top_factor": factors,
+                          "concept": [f"{concepts[f][0][0]}:{concepts[f][0][1]}:+" for f in factors]})
+    own = pd.DataFrame({"unit": range(6), "rank": 1, "part": [concepts[f][0][0] for f in factors],
+                        "property": [concepts[f][0][1] for f in factors]})
+    every = pd.DataFrame([{"unit": u, "rank": r + 1, "part": pair[0], "property": pair[1]}
+                          for u in range(6) for r, pair in enumerate(c[0] for c in concepts.values())])
+    rec_own = concept_recovery(units, concepts, "truth", explained=own).set_index("part").loc["all"]
+    rec_every = concept_recovery(units, concepts, "truth", explained=every).set_index("part").loc["all"]
+    assert rec_own["top3_concept_agreement"] == rec_every["top3_concept_agreement"] == 1.0
+    assert rec_every["chance_top3_concept_agreement"] == 1.0
+    assert rec_own["chance_top3_concept_agreement"] == pytest.approx(1 / 3, abs=0.08)
+    assert rec_own["chance_top3_concept_agreement"] == pytest.approx(rec_own["chance_concept_agreement"])
+
+
 def test_label_agreement_counts_units_labelled_by_either():
     a = pd.DataFrame({"unit": [0, 1, 2, 3], "concept": ["ear:area:+", NO_CONCEPT, "tail:width:+", NO_CONCEPT]})
     b = pd.DataFrame({"unit": [3, 2, 1, 0], "concept": [NO_CONCEPT, "tail:width:+", "body:area:+", "ear:area:+"]})

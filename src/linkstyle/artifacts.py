@@ -141,7 +141,7 @@ SELECTIVITY_POPULATION: Columns = {
 SELECTIVITY_RECOVERY: Columns = {
     "classifier": "str", "masks": "str", "part": "str", "n_units": "i", "n_labelled": "i", "part_agreement": "f",
     "concept_agreement": "f", "top3_concept_agreement": "f", "chance_part_agreement": "f",
-    "chance_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f", "label_in_truth_top3": "f",
+    "chance_concept_agreement": "f", "chance_top3_concept_agreement": "f", "swept_iou": "f", "label_agreement_with_truth": "f", "label_in_truth_top3": "f",
     "settled_share": "f", "label_agreement_settled": "f",
 }
 

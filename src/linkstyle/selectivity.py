@@ -421,7 +421,8 @@ def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str
     part is one of them; concept agreement: its (part, property) is; top-3 concept agreement: one of
     the first three items of the unit's explanation is. Rows per truth part (the factor's first
     part) and 'all'; ``chance_*`` is the agreement expected if labels and factors were unrelated
-    (labels permuted across units, mean of ``permutations`` draws). ``swept_iou`` (segmenter masks
+    (labels permuted across units, mean of ``permutations`` draws; for the top 3, each unit's first three
+    items permuted with its label: lists of more varied items meet more factors by chance). ``swept_iou`` (segmenter masks
     only): the mean IoU of its masks with the exact ones on the swept images, per part and (row
     'all') over parts.
     """
@@ -437,22 +438,27 @@ def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str
         return pm, cm
 
     part_match, concept_match = agreement(part, prop)
-    top3 = np.zeros(len(lab), bool)
+    factor_pairs = [set(concepts.get(f, ())) for f in factor]
+    first3: list[set] = [set() for _ in range(len(lab))]
     if explained is not None and len(lab):
-        first3 = explained[explained["rank"] <= 3].groupby("unit")[["part", "property"]].apply(
+        listed = explained[explained["rank"] <= 3].groupby("unit")[["part", "property"]].apply(
             lambda g: set(zip(g["part"], g["property"])))
-        top3 = np.array([bool(first3.get(int(u), set()) & set(concepts.get(f, ())))
-                         for u, f in zip(lab["unit"], factor)], bool)
+        first3 = [listed.get(int(u), set()) for u in lab["unit"]]
+    top3 = np.array([bool(a & b) for a, b in zip(first3, factor_pairs)], bool)
     rng = np.random.default_rng(seed)
     chance_p = np.zeros(len(lab))
     chance_c = np.zeros(len(lab))
+    chance_3 = np.zeros(len(lab))
     for _ in range(permutations if len(lab) else 0):
         perm = rng.permutation(len(lab))
         pm, cm = agreement(part[perm], prop[perm])
         chance_p += pm
         chance_c += cm
+        # the same permutation moves each unit's whole list with its label
+        chance_3 += np.array([bool(first3[j] & b) for j, b in zip(perm, factor_pairs)], bool)
     chance_p /= max(permutations, 1)
     chance_c /= max(permutations, 1)
+    chance_3 /= max(permutations, 1)
     truth_part = np.array([concepts[f][0][0] if f in concepts else "" for f in factor], object)
     rows = []
     groups = [("all", np.ones(len(lab), bool))] + [(p, truth_part == p) for p in dict.fromkeys(c[0][0] for c in concepts.values())]
@@ -465,6 +471,7 @@ def concept_recovery(units: pd.DataFrame, concepts: Mapping[str, tuple[tuple[str
             "top3_concept_agreement": float(top3[sel].mean()) if n and explained is not None else np.nan,
             "chance_part_agreement": float(chance_p[sel].mean()) if n else np.nan,
             "chance_concept_agreement": float(chance_c[sel].mean()) if n else np.nan,
+            "chance_top3_concept_agreement": float(chance_3[sel].mean()) if n and explained is not None else np.nan,
             "swept_iou": (float(np.mean(list(swept_iou.values()))) if name == "all" else swept_iou.get(name, np.nan))
             if swept_iou else np.nan,
         })

@@ -309,7 +309,8 @@ def classifier_summary(ctx: Context, clf: ClassifierConfig, lm: dict[str, Any], 
         "concept_recovery": {
             row.masks: {k: getattr(row, k) for k in ("n_labelled", "part_agreement", "concept_agreement",
                                                      "top3_concept_agreement", "chance_part_agreement",
-                                                     "chance_concept_agreement", "swept_iou",
+                                                     "chance_concept_agreement", "chance_top3_concept_agreement",
+                                                     "swept_iou",
                                                      "label_agreement_with_truth", "label_in_truth_top3",
                                                      "settled_share", "label_agreement_settled")}
             for row in sel.recovery[sel.recovery["part"] == "all"].itertuples()
