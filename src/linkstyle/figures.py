@@ -216,10 +216,13 @@ def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
     """Concept recovery on the built-in world: does the label name the factor that really changed?"""
     groups = [(c, m) for c, m in recovery[["classifier", "masks"]].drop_duplicates().itertuples(index=False)]
     parts = list(dict.fromkeys(recovery["part"]))
-    fig, axes = plt.subplots(1, 2, figsize=(14, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(20, 3.6), sharey=True)
     width = 0.8 / max(len(groups), 1)
     x = np.arange(len(parts))
-    for ax, what in zip(axes, ("part", "concept")):
+    titles = {"part": "part agreement of labels with the dominant ground-truth factor",
+              "concept": "concept agreement of labels with the dominant ground-truth factor",
+              "top3_concept": "a concept of the dominant factor among the first three items"}
+    for ax, what in zip(axes, titles):
         for i, (clf, masks) in enumerate(groups):
             rows = recovery[(recovery["classifier"] == clf) & (recovery["masks"] == masks)].set_index("part").reindex(parts)
             pos = x + i * width - 0.4 + width / 2
@@ -233,10 +236,11 @@ def figure_recovery(recovery: pd.DataFrame, path: Path) -> bytes:
         ax.set_xticks(x, [f"{p}\n(n={int(recovery.loc[recovery['part'] == p, 'n_labelled'].max())})" for p in parts], fontsize=7)
         ax.set_ylim(0, 1.18)  # room for the values above full bars
         ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_title(f"{what} agreement of labels with the dominant ground-truth factor", fontsize=9)
+        ax.set_title(titles[what], fontsize=9)
     axes[0].set_ylabel("share of labelled units", fontsize=8)
-    axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()  # above the panels: inside, it hid bars
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))
     return save(fig, path)
 
 
