@@ -167,8 +167,8 @@ _WHITE_D65 = (0.95047, 1.0, 1.08883)
 _IDX = {name: i for i, name in enumerate(STATIC_PROPERTIES)}
 # Pixels per chunk in ``part_measures`` (128 images at 64 px): temporaries stay in cache.
 _CHUNK_PIXELS = 2**19
-# Memory for one chunk of the sliding-histogram index table in ``local_entropy``.
-_ENTROPY_CHUNK_BYTES = 24 * 2**20
+# Memory for one chunk of padded part-and-grey codes in ``local_entropy_in_parts``.
+_ENTROPY_CHUNK_BYTES = 8 * 2**20
 
 
 # --------------------------------------------------------------------------- grey
@@ -257,23 +257,21 @@ def lab_ab(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------ entropy
 
 
-def _entropy_tables(size: int) -> tuple[np.ndarray, int, float]:
+def _entropy_tables(size: int) -> tuple[np.ndarray, float]:
     """Fixed-point ``c log2 c`` table for window counts ``c = 0 .. size + 1``.
 
-    Returns ``(table, shift, scale)``: ``table[c] = round(scale * c log2 c)`` as int64, and
-    a bit position ``shift`` such that a pixel count ``n <= size + 1`` packed as
-    ``n << shift`` never collides with a sum of table entries of counts adding up to
-    ``n`` (at most ``table[n] + n`` with the roundings). Integer sums are exact, so a
-    running sum never drifts and a uniform window gives exactly 0 bits; the rounding of
-    the table costs at most ``1 / scale`` bits (``3e-14`` for radius 5, ``4e-9`` for 100).
+    Returns ``(table, scale)``: ``table[c] = round(scale * c log2 c)`` as int64, ``scale`` a power
+    of two that keeps every sum of entries over a window far inside int64 (below ``2**62`` over
+    the bit length of ``size + 1``). Integer sums are exact, so a running sum never drifts and a
+    uniform window gives exactly 0 bits; the rounding of the table costs at most ``1 / scale``
+    bits (``3e-14`` for radius 5, ``4e-9`` for 100).
     """
     counts = np.arange(size + 2, dtype=np.float64)
     clogc = np.zeros_like(counts)
     clogc[1:] = counts[1:] * np.log2(counts[1:])
-    shift = 62 - (size + 1).bit_length()  # room for n << shift in an int64
-    # Largest power of two keeping table[size + 1] + size + 1 below 2**shift.
-    scale = 2.0 ** math.floor(math.log2((2.0**shift - 2.0 * (size + 2)) / max(clogc[-1], 1.0)))
-    return np.rint(clogc * scale).astype(np.int64), shift, scale
+    room = 62 - (size + 1).bit_length()
+    scale = 2.0 ** math.floor(math.log2((2.0**room - 2.0 * (size + 2)) / max(clogc[-1], 1.0)))
+    return np.rint(clogc * scale).astype(np.int64), scale
 
 
 def _disk_rows(r: int) -> tuple[int, np.ndarray]:
@@ -297,93 +295,15 @@ def _check_grey(grey: np.ndarray, radius: int) -> tuple[np.ndarray, bool]:
     return grey, squeeze
 
 
-def _sliding_index(codes: np.ndarray, r: int, sentinel: int, n_bins: int) -> np.ndarray:
-    """Flat histogram indices ``index[j, col, row]`` hit by disk row ``j`` at padded column ``col``.
-
-    ``codes`` ``[N, H, W]`` are the bins of the pixels within one row's histogram of
-    ``n_bins`` bins; outside the image they are ``sentinel``. The window starts centred
-    at ``x = -r - 1`` (entirely outside) and slides right, so the image sits ``2r + 1``
-    columns in; a pad of ``r`` on the other three sides covers the disk. intp, not
-    int32: numpy would convert int32 indices on every call.
-    """
-    n_img, h, w = codes.shape
-    rows = n_img * h
-    x0 = 2 * r + 1
-    padded = np.full((n_img, h + 2 * r, w + 3 * r + 1), sentinel, np.intp)
-    padded[:, r : r + h, x0 : x0 + w] = codes
-    base = (np.arange(rows, dtype=np.intp) * n_bins).reshape(n_img, h)
-    index = np.empty((2 * r + 1, padded.shape[2], rows), np.intp)
-    for j in range(2 * r + 1):
-        shifted = padded[:, j : j + h, :] + base[:, :, None]
-        index[j] = shifted.transpose(2, 0, 1).reshape(padded.shape[2], rows)
-    return index
-
-
 def local_entropy(grey: np.ndarray, radius: int = 5) -> np.ndarray:
     """Local Shannon entropy (bits) of uint8 grey images ``[N, H, W]`` (or ``[H, W]``) in a disk.
 
     Gives the same values as ``skimage.filters.rank.entropy(img, disk(radius))``
-    (pixels outside the image do not count) but is several times faster:
-    skimage's kernel walks all 256 histogram bins with a ``log`` per pixel,
-    whereas here ``S = sum_g c_g log2 c_g`` is kept up to date as the disk
-    slides along x, from a table of ``c log2 c``, so each step costs
-    ``2 (2r + 1)`` table updates. Entropy is then ``log2 n - S / n``. The
-    slide is vectorised over every row of every image at once (chunked to
-    bound memory), so the Python loop runs over columns and disk rows only.
-    ``S`` is kept in fixed point (``_entropy_tables``), so it is exact: a flat
-    window gives exactly 0.
+    (pixels outside the image do not count): ``local_entropy_in_parts`` with one part.
     """
     grey, squeeze = _check_grey(grey, radius)
-    n_img, h, w = grey.shape
-    out = np.empty((n_img, h, w), np.float64)
-    pad_w = w + 3 * radius + 1
-    per_image = (2 * radius + 1) * pad_w * h * np.dtype(np.intp).itemsize
-    step = max(1, _ENTROPY_CHUNK_BYTES // max(per_image, 1))
-    for i0 in range(0, n_img, step):
-        out[i0 : i0 + step] = _entropy_chunk(grey[i0 : i0 + step], radius)
+    out = _sliding_entropy(grey, np.zeros(grey.shape, np.uint8), 1, radius)
     return out[0] if squeeze else out
-
-
-def _entropy_chunk(grey: np.ndarray, r: int) -> np.ndarray:
-    """Sliding-histogram entropy for one chunk of images; see ``local_entropy``."""
-    n_img, h, w = grey.shape
-    rows = n_img * h
-    size, half = _disk_rows(r)
-    x0 = 2 * r + 1
-    n_bins = 257  # 256 grey levels + bin 256 for "outside the image"
-    sentinel = 256
-    index = _sliding_index(grey, r, sentinel, n_bins)
-
-    table, _, scale = _entropy_tables(size)
-    inc = np.zeros_like(table)
-    inc[:-1] = table[1:] - table[:-1]  # change of c log c when a count goes c -> c + 1
-    dec = np.zeros_like(table)
-    dec[1:] = table[:-1] - table[1:]  # ... and c -> c - 1
-    hist = np.zeros(rows * n_bins, np.uint8 if size < 255 else np.uint16)
-    outside = np.arange(rows, dtype=np.intp) * n_bins + sentinel
-    hist[outside] = size
-    total = np.full(rows, table[size])  # S over all bins, the outside bin included
-    inv_n = np.zeros(size + 1)
-    inv_n[1:] = 1.0 / (np.arange(1, size + 1) * scale)
-    result = np.empty((w, rows), np.float64)
-    one = hist.dtype.type(1)
-    for x in range(-r, w):
-        for j in range(2 * r + 1):
-            idx = index[j, x - 1 - half[j] + x0]  # leaves the window
-            c = hist.take(idx)
-            total += dec.take(c)
-            hist[idx] = c - one
-            idx = index[j, x + half[j] + x0]  # enters the window
-            c = hist.take(idx)
-            total += inc.take(c)
-            hist[idx] = c + one
-        if x >= 0:
-            c_out = hist.take(outside)
-            n_in = size - c_out.astype(np.intp)
-            # H = log2 n - S / n = (n log2 n - S) / n, S over the bins inside the image
-            result[x] = (table.take(n_in) - (total - table.take(c_out))) * inv_n.take(n_in)
-    np.maximum(result, 0.0, out=result)  # table rounding around exact zeros
-    return result.reshape(w, n_img, h).transpose(1, 2, 0)
 
 
 def local_entropy_in_parts(
@@ -397,11 +317,10 @@ def local_entropy_in_parts(
     another label are left out), and its grey-level histogram gives the Shannon entropy.
     With a single label this is ``local_entropy``, bit for bit.
 
-    Same sliding histogram as ``local_entropy``, with bins ``(label, grey)`` per image
-    row and the running ``S = sum c log2 c`` and pixel count ``n`` kept per (row, label);
-    the centre pixel's label picks the ``S, n`` to read. Both live in one int64 per
-    (row, label) (``n << shift | S``, ``_entropy_tables``), so a step costs one extra
-    gather/scatter per disk row over ``local_entropy``.
+    skimage's rank filter walks all 256 histogram bins with a ``log`` per pixel; here the
+    histogram of every (row, part) slides along the row and ``S = sum_g c_g log2 c_g`` is kept
+    up to date from a fixed-point table (``_entropy_tables``), so each pixel costs ``2 (2r + 1)``
+    table updates, and ``H = log2 n - S / n`` is exact where it is 0 (``entropy_kernel``).
     """
     grey, squeeze = _check_grey(grey, radius)
     labels = np.asarray(labels)
@@ -415,67 +334,38 @@ def local_entropy_in_parts(
         raise ValueError("num_parts must be >= 1")
     if labels.size and (labels.min() < 0 or labels.max() >= num_parts):
         raise ValueError(f"labels must lie in [0, {num_parts - 1}]")
-    n_img, h, w = grey.shape
-    out = np.empty((n_img, h, w), np.float64)
-    pad_w = w + 3 * radius + 1
-    slots = num_parts + 1
-    per_image = h * (
-        (2 * radius + 1) * pad_w * np.dtype(np.intp).itemsize + slots * (256 + 8) * 2
-    )
-    step = max(1, _ENTROPY_CHUNK_BYTES // max(per_image, 1))
-    for i0 in range(0, n_img, step):
-        chunk = slice(i0, i0 + step)
-        out[chunk] = _entropy_parts_chunk(grey[chunk], labels[chunk], num_parts, radius)
+    out = _sliding_entropy(grey, labels, num_parts, radius)
     return out[0] if squeeze else out
 
 
-def _entropy_parts_chunk(grey: np.ndarray, labels: np.ndarray, num_parts: int, r: int) -> np.ndarray:
-    """Per-part sliding-histogram entropy for one chunk; see ``local_entropy_in_parts``."""
-    n_img, h, w = grey.shape
-    rows = n_img * h
-    size, half = _disk_rows(r)
-    x0 = 2 * r + 1
-    # Histogram slot (row, label) holds bins 256 * slot + grey; label num_parts is
-    # "outside the image" (grey 0), a slot that is updated but never read.
-    slots = num_parts + 1
-    sentinel = 256 * num_parts
-    codes = labels.astype(np.intp) * 256 + grey
-    index = _sliding_index(codes, r, sentinel, 256 * slots)
+def _sliding_entropy(grey: np.ndarray, labels: np.ndarray, num_parts: int, r: int) -> np.ndarray:
+    """Checked ``[N, H, W]`` input -> entropies, in chunks of images whose padded codes take
+    about ``_ENTROPY_CHUNK_BYTES``."""
+    from .entropy_kernel import sliding_entropy
 
-    table, shift, scale = _entropy_tables(size)
-    unit = np.int64(1) << np.int64(shift)
+    n_img, h, w = grey.shape
+    size, half = _disk_rows(r)
+    table, scale = _entropy_tables(size)
     inc = np.zeros_like(table)
-    inc[:-1] = table[1:] - table[:-1] + unit  # c -> c + 1, and n -> n + 1
+    inc[:-1] = table[1:] - table[:-1]  # change of c log c when a count goes c -> c + 1
     dec = np.zeros_like(table)
-    dec[1:] = table[:-1] - table[1:] - unit  # c -> c - 1, and n -> n - 1
-    hist = np.zeros(rows * slots * 256, np.uint8 if size < 255 else np.uint16)
-    outside = np.arange(rows, dtype=np.intp) * (slots * 256) + sentinel
-    hist[outside] = size
-    acc = np.zeros(rows * slots, np.int64)  # n << shift | S per (row, label)
-    acc[outside >> 8] = (size * unit) + table[size]
-    low = unit - np.int64(1)
+    dec[1:] = table[:-1] - table[1:]  # ... and c -> c - 1
     inv_n = np.zeros(size + 1)
     inv_n[1:] = 1.0 / (np.arange(1, size + 1) * scale)
-    result = np.empty((w, rows), np.float64)
-    one = hist.dtype.type(1)
-    for x in range(-r, w):
-        for j in range(2 * r + 1):
-            # Every image row gets one pixel per update, so the slots are distinct and
-            # the buffered ``acc[slot] += ...`` is exact.
-            idx = index[j, x - 1 - half[j] + x0]  # leaves the window
-            c = hist.take(idx)
-            hist[idx] = c - one
-            acc[idx >> 8] += dec.take(c)
-            idx = index[j, x + half[j] + x0]  # enters the window
-            c = hist.take(idx)
-            hist[idx] = c + one
-            acc[idx >> 8] += inc.take(c)
-        if x >= 0:
-            packed = acc.take(index[r, x + x0] >> 8)  # the centre pixel's (row, label)
-            n_in = packed >> shift  # >= 1: the centre pixel itself
-            result[x] = (table.take(n_in) - (packed & low)) * inv_n.take(n_in)
-    np.maximum(result, 0.0, out=result)
-    return result.reshape(w, n_img, h).transpose(1, 2, 0)
+    out = np.empty((n_img, h, w), np.float64)
+    padded = (h + 2 * r, w + 2 * r + 1)
+    step = max(1, _ENTROPY_CHUNK_BYTES // (4 * padded[0] * padded[1]))
+    # Part num_parts codes the margin: counted as the window slides over it, never read.
+    codes = np.full((min(step, n_img), *padded), num_parts * 256, np.int32)
+    for i0 in range(0, n_img, step):
+        chunk = slice(i0, i0 + step)
+        n = len(grey[chunk])
+        inner = codes[:n, r : r + h, r + 1 : r + 1 + w]
+        inner[...] = labels[chunk]
+        inner *= 256
+        inner += grey[chunk]
+        sliding_entropy(codes[:n], r, num_parts + 1, half.astype(np.int64), inc, dec, table, inv_n, out[chunk])
+    return out
 
 
 # ----------------------------------------------------------------------- ellipses
