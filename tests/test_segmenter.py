@@ -110,6 +110,33 @@ def test_drop_fragments_by_hand() -> None:
     assert (drop_fragments(masks, 0.05) != masks).mean() < 0.005
 
 
+def _drop_fragments_one_image_at_a_time(masks: np.ndarray, min_fraction: float) -> np.ndarray:
+    """The rule as its docstring states it, image by image and part by part."""
+    from scipy import ndimage
+
+    out = masks.copy()
+    for i, m in enumerate(masks):
+        keep = np.zeros(m.shape, bool)
+        for part in np.unique(m):
+            pieces, n = ndimage.label(m == part)
+            sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:]
+            keep |= np.isin(pieces, np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1)
+        if not keep.all():
+            nearest = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
+            out[i] = m[nearest[0], nearest[1]]
+    return out
+
+
+@pytest.mark.parametrize("min_fraction", [0.05, 0.3, 1.0])
+def test_drop_fragments_labels_all_images_at_once_as_one_at_a_time(min_fraction: float) -> None:
+    """One labelling of the stacked images: pieces touching the next image's top row stay apart."""
+    rng = np.random.default_rng(5)
+    masks = rng.integers(0, 4, (12, 9, 11)).astype(np.uint8)
+    masks[3:6] = rng.integers(0, 2, (3, 9, 11))  # large pieces running to the images' edges
+    np.testing.assert_array_equal(drop_fragments(masks, min_fraction),
+                                  _drop_fragments_one_image_at_a_time(masks, min_fraction))
+
+
 def test_image_features_shape(data) -> None:
     x = data["x"]
     assert x.dtype == torch.float32 and x.shape == (10, len(IMAGE_CHANNELS), 64, 64)

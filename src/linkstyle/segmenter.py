@@ -376,20 +376,31 @@ def drop_fragments(masks: np.ndarray, min_fraction: float) -> np.ndarray:
     Parts made of several pieces of like size (legs, eyes) keep them all. 0 keeps every pixel.
     """
     from scipy import ndimage
+    from skimage.measure import label
 
     masks = np.asarray(masks)
-    if min_fraction <= 0:
+    if min_fraction <= 0 or masks.size == 0:
         return masks
+    n_img, h, w = masks.shape
+    # All images in one labelling: stacked into one canvas with a separator row below each, so
+    # that 4-connected pieces of equal label never join across images.
+    canvas = np.full((n_img, h + 1, w), -1, np.int16)
+    canvas[:, :h] = masks
+    pieces = label(canvas.reshape(-1, w), background=-1, connectivity=1).ravel()
+    sizes = np.bincount(pieces)
+    owner = np.zeros(len(sizes), np.intp)
+    owner[pieces] = np.arange(len(pieces))  # any one pixel of each piece
+    part = canvas.ravel()[owner].astype(np.intp)
+    image = owner // ((h + 1) * w)
+    slots = max(int(masks.max()) + 1, 1)
+    largest = np.zeros(n_img * slots, np.int64)
+    np.maximum.at(largest, (image * slots + part)[1:], sizes[1:])
+    kept = sizes >= min_fraction * largest[image * slots + part]
+    keep = kept[pieces].reshape(n_img, h + 1, w)[:, :h]
     out = masks.copy()
-    for i, m in enumerate(masks):
-        keep = np.zeros(m.shape, bool)
-        for part in np.unique(m):
-            pieces, n = ndimage.label(m == part)
-            sizes = np.bincount(pieces.ravel(), minlength=n + 1)[1:]
-            keep |= np.isin(pieces, np.flatnonzero(sizes >= min_fraction * sizes.max()) + 1)
-        if not keep.all():
-            nearest = ndimage.distance_transform_edt(~keep, return_distances=False, return_indices=True)
-            out[i] = m[nearest[0], nearest[1]]
+    for i in np.flatnonzero(~keep.reshape(n_img, -1).all(1)):
+        nearest = ndimage.distance_transform_edt(~keep[i], return_distances=False, return_indices=True)
+        out[i] = masks[i][nearest[0], nearest[1]]
     return out
 
 
