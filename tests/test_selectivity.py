@@ -41,6 +41,17 @@ def test_circular_differences_wrap_by_their_period():
     np.testing.assert_allclose(circular_difference(np.array([350.0, 10.0]), np.array([10.0, 350.0]), 360.0), [20.0, -20.0])
 
 
+def test_a_half_turn_has_no_direction():
+    """A blob whose axis turns from 0 to 90 degrees (or back) turned by a half period: neither -90
+    nor +90, or a mean over many such turns would read as a steady turn one way."""
+    first = np.array([0.0, 90.0, 10.0, 0.0], np.float32)
+    last = np.array([90.0, 0.0, 100.0, 89.9], np.float32)
+    got = circular_difference(first, last, 180.0)
+    assert np.isnan(got[:3]).all()
+    assert got[3] == pytest.approx(89.9, abs=1e-4)
+    assert np.isnan(circular_difference(np.array([30.0]), np.array([210.0]), 360.0)).all()
+
+
 def test_spread_is_the_std_and_circular_for_periodic_properties():
     x = np.array([1.0, 2.0, 3.0, np.nan])
     assert spread(x) == pytest.approx(np.std([1.0, 2.0, 3.0]))

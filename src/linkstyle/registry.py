@@ -126,10 +126,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     # selectivity 2: effects in reference spreads, ranked explanations with bootstrap confidence, gain;
     # 3: the backdrop's shape leaves the explanations; 4: recovery's label_in_truth_top3; 5: each label's
     # share of bootstrap resamples (label_share) and recovery's agreement of settled labels; 6: recovery's
-    # chance level of the top 3 (chance_top3_concept_agreement).
+    # chance level of the top 3 (chance_top3_concept_agreement); 7: a half turn of a measured angle or hue is no change (NaN).
     Stage("selectivity", "selectivity",
           "Reduce all measured shards to per-unit changes, faithfulness, concept labels and population shares.",
-          (CLASSIFIER,), ("seed", "selectivity"), format=6),
+          (CLASSIFIER,), ("seed", "selectivity"), format=7),
     Stage("counterfactual", "counterfactual",
           "Find feature shifts that make the rendered image change class, for every configured class pair, "
           "and what they change.",
