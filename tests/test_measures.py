@@ -326,6 +326,28 @@ def test_local_entropy_in_parts_chunking(monkeypatch):
     np.testing.assert_array_equal(local_entropy_in_parts(grey, labels, 4, 3), whole)
 
 
+def test_entropy_computes_where_numba_finds_no_cache_folder():
+    """A read-only install without a home folder has nowhere to cache the compiled kernel: it then
+    compiles in each process instead of failing at import (numba raises when it finds no cache
+    location; the environment variable below makes it find none)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from linkstyle.entropy_kernel import sliding_entropy\n"
+        "from linkstyle.measures import local_entropy\n"
+        "print(type(sliding_entropy._cache).__name__, local_entropy(np.arange(64, dtype=np.uint8).reshape(8, 8), 2)[0, 0])\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_IPythonCacheLocator"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    name, value = out.stdout.split()
+    assert name == "NullCache"
+    assert float(value) == pytest.approx(float(local_entropy(np.arange(64, dtype=np.uint8).reshape(8, 8), 2)[0, 0]))
+
+
 def test_local_entropy_in_parts_rejects_bad_input():
     grey = np.zeros((2, 8, 8), np.uint8)
     labels = np.zeros((2, 8, 8), np.uint8)
