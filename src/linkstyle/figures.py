@@ -44,26 +44,96 @@ def save(fig: plt.Figure, path: Path) -> bytes:
     return data
 
 
+def as_rgb(image: np.ndarray, cmap: str | None = None) -> np.ndarray:
+    """An image as float RGB in [0, 1] [H, W, 3]: uint8 scaled, one channel through ``cmap`` (else grey)."""
+    x = np.asarray(image)
+    x = x.astype(np.float32) / 255 if x.dtype == np.uint8 else np.clip(x.astype(np.float32), 0.0, 1.0)
+    if x.ndim == 2:
+        return plt.get_cmap(cmap)(x)[..., :3].astype(np.float32) if cmap else np.repeat(x[..., None], 3, -1)
+    return x
+
+
+class ImageGrid:
+    """Rows x columns of same-sized images drawn as *one* image with white gaps, and its texts placed
+    in the gaps: a figure of a few hundred small axes spends most of its time laying out and drawing
+    axes (ticks, titles, tight boxes), one canvas does not. Row labels read horizontally on the left,
+    so that long captions do not run into each other as rotated axis labels did."""
+
+    def __init__(self, rows: int, cols: int, shape: tuple[int, int], cell_titles: bool = False, row_group: int = 1,
+                 col_group: int = 1) -> None:
+        self.rows, self.cols, (self.h, self.w) = rows, cols, (int(shape[0]), int(shape[1]))
+        self.gap = max(1, round(0.06 * self.w))
+        self.row_gap = max(1, round((0.22 if cell_titles else 0.06) * self.h))
+        # the rows (columns) of one group, e.g. one unit's sweeps or one counterfactual's panels, sit closer together
+        self.row_group, self.col_group = row_group, col_group
+        self.row_group_gap = 3 * self.row_gap if row_group > 1 else 0
+        self.col_group_gap = 3 * self.gap if col_group > 1 else 0
+        bottom, right = self.origin(max(rows, 1) - 1, max(cols, 1) - 1)
+        self.canvas = np.ones((bottom + self.h, right + self.w, 3), np.float32)
+        self.texts: list[tuple[str, tuple[float, float], tuple[float, float], dict[str, Any]]] = []
+
+    def origin(self, row: int, col: int) -> tuple[int, int]:
+        """Top-left pixel (y, x) of cell (row, col) on the canvas."""
+        return (row * (self.h + self.row_gap) + (row // self.row_group) * self.row_group_gap,
+                col * (self.w + self.gap) + (col // self.col_group) * self.col_group_gap)
+
+    def put(self, row: int, col: int, image: np.ndarray, cmap: str | None = None) -> None:
+        rgb = as_rgb(image, cmap)
+        if rgb.shape[:2] != (self.h, self.w):
+            raise ValueError(f"grid cell ({row}, {col}) has shape {rgb.shape[:2]}, the grid's cells {(self.h, self.w)}")
+        y, x = self.origin(row, col)
+        self.canvas[y : y + self.h, x : x + self.w] = rgb
+
+    def _text(self, text: str, xy: tuple[float, float], offset: tuple[float, float], **kw: Any) -> None:
+        self.texts.append((text, xy, offset, kw))
+
+    def row_label(self, row: int, text: str, size: float = 7) -> None:
+        y, _ = self.origin(row, 0)
+        self._text(text, (-0.5, y + self.h / 2), (-4, 0), ha="right", va="center", fontsize=size)
+
+    def col_title(self, col: int, text: str, size: float = 7) -> None:
+        _, x = self.origin(0, col)
+        self._text(text, (x + self.w / 2, -0.5), (0, 3), ha="center", va="bottom", fontsize=size)
+
+    def cell_title(self, row: int, col: int, text: str, size: float = 6, loc: str = "center") -> None:
+        y, x = self.origin(row, col)
+        at = x + (self.w / 2 if loc == "center" else 0)
+        self._text(text, (at - 0.5, y - 0.5), (0, 1.5), ha=loc, va="bottom", fontsize=size)
+
+    def cell_text(self, row: int, col: int, text: str, size: float = 6) -> None:
+        y, x = self.origin(row, col)
+        self._text(text, (x + self.w / 2, y + self.h / 2), (0, 0), ha="center", va="center", fontsize=size)
+
+    def figure(self, title: str, cell_inches: float = 1.1, title_lines: int = 2) -> plt.Figure:
+        """The canvas on one axes filling the figure; texts in offset points, so that they keep their
+        size whatever the resolution of the images."""
+        height, width = self.canvas.shape[:2]
+        fig = plt.figure(figsize=(cell_inches * width / (self.w + self.gap), cell_inches * height / (self.w + self.gap)))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(self.canvas)
+        ax.set_axis_off()
+        for text, xy, offset, kw in self.texts:
+            ax.annotate(text, xy=xy, xycoords="data", xytext=offset, textcoords="offset points", **kw)
+        ax.annotate(title, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 6 + 9 * title_lines),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=9)
+        return fig
+
+
 def figure_sweeps(n_steps: int, images: dict[int, np.ndarray], name: str, top: pd.DataFrame, path: Path) -> bytes:
-    units = top["unit"].tolist()
     k = n_steps
     n_starts = max(v.shape[0] for v in images.values())
-    fig, axes = plt.subplots(len(units), n_starts * k, figsize=(1.3 * n_starts * k, 1.45 * len(units)), squeeze=False)
+    first = next(iter(images.values()))
+    grid = ImageGrid(len(top), n_starts * k, first.shape[2:4], col_group=k)
     for row, (_, info) in enumerate(top.iterrows()):
         imgs = images[int(info["unit"])]
-        for s in range(n_starts):
+        for s in range(min(n_starts, len(imgs))):
             for step in range(k):
-                ax = axes[row, s * k + step]
-                ax.imshow(imgs[s, step] if s < len(imgs) else np.zeros_like(imgs[0, 0]))
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(f"start {s}\nstep {step}", fontsize=7)
-            axes[row, 0].set_ylabel(
-                f"unit {int(info['unit'])}\n{unit_caption(info)}\neffect {info['top_delta_std']:+.2f}", fontsize=7
-            )
-    fig.suptitle(f"{name}: most selective units, low -> high activation", fontsize=9)
-    return save(fig, path)
+                grid.put(row, s * k + step, imgs[s, step])
+        grid.row_label(row, f"unit {int(info['unit'])}\n{unit_caption(info)}\neffect {info['top_delta_std']:+.2f}")
+    for s in range(n_starts):
+        for step in range(k):
+            grid.col_title(s * k + step, f"start {s}\nstep {step}")
+    return save(grid.figure(f"{name}: most selective units, low -> high activation"), path)
 
 
 def figure_actmax(n_steps: int, sweeps: dict[int, np.ndarray], table: pd.DataFrame, arrays: dict[str, np.ndarray],
@@ -71,26 +141,21 @@ def figure_actmax(n_steps: int, sweeps: dict[int, np.ndarray], table: pd.DataFra
     """Each unit's linking sweep (first start sample) beside its activation-maximising image."""
     k = n_steps
     units = [int(u) for u in arrays["unit"]]
-    fig, axes = plt.subplots(len(units), k + 1, figsize=(1.3 * (k + 1), 1.45 * len(units)), squeeze=False)
+    grid = ImageGrid(len(units), k + 1, arrays["images"].shape[1:3])
     for row, u in enumerate(units):
         info = table.iloc[row]
         for step in range(k):
-            ax = axes[row, step]
             if u in sweeps:
-                ax.imshow(sweeps[u][0, step])
+                grid.put(row, step, sweeps[u][0, step])
             else:
-                ax.text(0.5, 0.5, "not swept\n(tune.units)", ha="center", va="center", fontsize=6, transform=ax.transAxes)
-            if row == 0:
-                ax.set_title(f"linking\nstep {step}", fontsize=7)
-        axes[row, k].imshow(arrays["images"][row])
-        if row == 0:
-            axes[row, k].set_title(f"actmax\n{int(info['steps'])} steps", fontsize=7)
-        for ax in axes[row]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[row, 0].set_ylabel(f"unit {u}\nactmax {info['activation']:.2f}\nsweep top {info['observed_high']:.2f}", fontsize=7)
-    fig.suptitle(f"{name}: linking sweeps vs activation maximisation", fontsize=9)
-    return save(fig, path)
+                grid.cell_text(row, step, "not swept\n(tune.units)")
+        grid.put(row, k, arrays["images"][row])
+        grid.row_label(row, f"unit {u}\nactmax {info['activation']:.2f}\nsweep top {info['observed_high']:.2f}")
+    for step in range(k):
+        grid.col_title(step, f"linking\nstep {step}")
+    if units:
+        grid.col_title(k, f"actmax\n{int(table.iloc[0]['steps'])} steps")
+    return save(grid.figure(f"{name}: linking sweeps vs activation maximisation"), path)
 
 
 def figure_directions(arrays: dict[str, np.ndarray], name: str, path: Path, max_units: int = 6) -> bytes:
@@ -98,23 +163,18 @@ def figure_directions(arrays: dict[str, np.ndarray], name: str, path: Path, max_
     images, gains = arrays["direction_images"], arrays["direction_gain"]
     modes = [str(m) for m in arrays["directions"]]
     n_units, k = min(max_units, images.shape[1]), images.shape[2]
-    rows = n_units * len(modes)
-    fig, axes = plt.subplots(rows, k, figsize=(1.1 * k, 1.05 * rows), squeeze=False)
+    grid = ImageGrid(n_units * len(modes), k, images.shape[3:5], row_group=len(modes))
     for i in range(n_units):
         for j, mode in enumerate(modes):
             row = i * len(modes) + j
             for step in range(k):
-                ax = axes[row, step]
-                ax.imshow(images[j, i, step])
-                ax.set_xticks([])
-                ax.set_yticks([])
+                grid.put(row, step, images[j, i, step])
             g = gains[j, i]
-            label = f"unit {int(arrays['unit'][i])}\n{mode}" + (f"\ngain {g:.2f}" if np.isfinite(g) else "")
-            axes[row, 0].set_ylabel(label, fontsize=6)
+            grid.row_label(row, f"unit {int(arrays['unit'][i])}\n{mode}" + (f"\ngain {g:.2f}" if np.isfinite(g) else ""),
+                           size=6)
     for step in range(k):
-        axes[0, step].set_title(f"step {step}", fontsize=7)
-    fig.suptitle(f"{name}: one start, every sweep direction", fontsize=9)
-    return save(fig, path)
+        grid.col_title(step, f"step {step}")
+    return save(grid.figure(f"{name}: one start, every sweep direction", cell_inches=1.0, title_lines=1), path)
 
 
 def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, path: Path, bars: int = 8) -> bytes:
@@ -276,27 +336,22 @@ def figure_counterfactuals(arrays: dict[str, np.ndarray], items: pd.DataFrame, n
     """One panel per pair: the linked re-rendering of a start sample, its counterfactual, and where they differ."""
     stored = items[items["image"] >= 0]
     first = stored.groupby(["origin", "target"], sort=True).head(1).head(max_pairs)
-    n = max(len(first), 1)
-    rows = -(-n // per_row)
-    fig, axes = plt.subplots(rows, 3 * per_row, figsize=(1.25 * 3 * per_row, 1.55 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    rows = max(-(-len(first) // per_row), 1)
+    grid = ImageGrid(rows, 3 * per_row, arrays["images_before"].shape[1:3], cell_titles=True, col_group=3)
     for k, item in enumerate(first.itertuples()):
         before = arrays["images_before"][item.image].astype(np.float32) / 255
         after = arrays["images_after"][item.image].astype(np.float32) / 255
         diff = np.abs(after - before).mean(-1)
         row, col = divmod(k, per_row)
-        cells = axes[row, 3 * col : 3 * col + 3]
-        cells[0].imshow(before)
-        cells[1].imshow(after)
-        cells[2].imshow(diff / max(float(diff.max()), 1e-6), cmap="magma")
+        grid.put(row, 3 * col, before)
+        grid.put(row, 3 * col + 1, after)
+        grid.put(row, 3 * col + 2, diff / max(float(diff.max()), 1e-6), cmap="magma")
         mark = "flipped" if item.success else "not flipped"
-        cells[0].set_title(f"{item.origin_name} -> {item.target_name}", fontsize=7, loc="left")
-        cells[1].set_title(f"{mark}, {item.steps} steps", fontsize=6)
-        cells[2].set_title(f"|difference|, {item.image_distance:.2f}", fontsize=6)
-    fig.suptitle(f"{name}: counterfactuals (original re-rendering, counterfactual, difference)", fontsize=9)
-    fig.tight_layout()
-    return save(fig, path)
+        grid.cell_title(row, 3 * col, f"{item.origin_name} -> {item.target_name}", size=7, loc="left")
+        grid.cell_title(row, 3 * col + 1, f"{mark}, {item.steps} steps")
+        grid.cell_title(row, 3 * col + 2, f"|difference|, {item.image_distance:.2f}")
+    title = f"{name}: counterfactuals (original re-rendering, counterfactual, difference)"
+    return save(grid.figure(title, cell_inches=1.25, title_lines=1), path)
 
 
 def figure_pair_matrix(metrics: dict[str, Any], name: str, path: Path) -> bytes:
