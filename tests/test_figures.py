@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -61,6 +62,20 @@ def test_long_row_labels_do_not_overlap_each_other_or_the_images():
         assert a.x1 <= image.x0  # left of the images
         for b in labels[i + 1 :]:
             assert not a.overlaps(b)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("lines", [1, 2, 3])
+def test_the_title_clears_the_column_titles_however_many_lines_they_have(lines):
+    grid = ImageGrid(2, 3, (64, 64))
+    for col in range(3):
+        grid.col_title(col, "\n".join(f"line {i}" for i in range(lines)))
+    fig = grid.figure("the title")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    *columns, title = (t.get_window_extent(renderer) for t in fig.axes[0].texts)
+    assert all(title.y0 >= c.y1 for c in columns)
+    plt.close(fig)
 
 
 def test_the_sweeps_figure_writes_png_and_pdf(tmp_path):

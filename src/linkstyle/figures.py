@@ -61,7 +61,7 @@ class ImageGrid:
 
     def __init__(self, rows: int, cols: int, shape: tuple[int, int], cell_titles: bool = False, row_group: int = 1,
                  col_group: int = 1) -> None:
-        self.rows, self.cols, (self.h, self.w) = rows, cols, (int(shape[0]), int(shape[1]))
+        self.h, self.w = int(shape[0]), int(shape[1])
         self.gap = max(1, round(0.06 * self.w))
         self.row_gap = max(1, round((0.22 if cell_titles else 0.06) * self.h))
         # the rows (columns) of one group, e.g. one unit's sweeps or one counterfactual's panels, sit closer together
@@ -71,6 +71,7 @@ class ImageGrid:
         bottom, right = self.origin(max(rows, 1) - 1, max(cols, 1) - 1)
         self.canvas = np.ones((bottom + self.h, right + self.w, 3), np.float32)
         self.texts: list[tuple[str, tuple[float, float], tuple[float, float], dict[str, Any]]] = []
+        self.lines_above = 0  # text lines above the canvas (column titles, first-row cell titles): the title goes higher
 
     def origin(self, row: int, col: int) -> tuple[int, int]:
         """Top-left pixel (y, x) of cell (row, col) on the canvas."""
@@ -84,8 +85,10 @@ class ImageGrid:
         y, x = self.origin(row, col)
         self.canvas[y : y + self.h, x : x + self.w] = rgb
 
-    def _text(self, text: str, xy: tuple[float, float], offset: tuple[float, float], **kw: Any) -> None:
+    def _text(self, text: str, xy: tuple[float, float], offset: tuple[float, float], above: bool = False, **kw: Any) -> None:
         self.texts.append((text, xy, offset, kw))
+        if above:
+            self.lines_above = max(self.lines_above, text.count("\n") + 1)
 
     def row_label(self, row: int, text: str, size: float = 7) -> None:
         y, _ = self.origin(row, 0)
@@ -93,18 +96,18 @@ class ImageGrid:
 
     def col_title(self, col: int, text: str, size: float = 7) -> None:
         _, x = self.origin(0, col)
-        self._text(text, (x + self.w / 2, -0.5), (0, 3), ha="center", va="bottom", fontsize=size)
+        self._text(text, (x + self.w / 2, -0.5), (0, 3), above=True, ha="center", va="bottom", fontsize=size)
 
     def cell_title(self, row: int, col: int, text: str, size: float = 6, loc: str = "center") -> None:
         y, x = self.origin(row, col)
         at = x + (self.w / 2 if loc == "center" else 0)
-        self._text(text, (at - 0.5, y - 0.5), (0, 1.5), ha=loc, va="bottom", fontsize=size)
+        self._text(text, (at - 0.5, y - 0.5), (0, 1.5), above=row == 0, ha=loc, va="bottom", fontsize=size)
 
     def cell_text(self, row: int, col: int, text: str, size: float = 6) -> None:
         y, x = self.origin(row, col)
         self._text(text, (x + self.w / 2, y + self.h / 2), (0, 0), ha="center", va="center", fontsize=size)
 
-    def figure(self, title: str, cell_inches: float = 1.1, title_lines: int = 2) -> plt.Figure:
+    def figure(self, title: str, cell_inches: float = 1.1) -> plt.Figure:
         """The canvas on one axes filling the figure; texts in offset points, so that they keep their
         size whatever the resolution of the images."""
         height, width = self.canvas.shape[:2]
@@ -114,7 +117,7 @@ class ImageGrid:
         ax.set_axis_off()
         for text, xy, offset, kw in self.texts:
             ax.annotate(text, xy=xy, xycoords="data", xytext=offset, textcoords="offset points", **kw)
-        ax.annotate(title, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 6 + 9 * title_lines),
+        ax.annotate(title, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 6 + 9 * self.lines_above),
                     textcoords="offset points", ha="center", va="bottom", fontsize=9)
         return fig
 
@@ -174,7 +177,7 @@ def figure_directions(arrays: dict[str, np.ndarray], name: str, path: Path, max_
                            size=6)
     for step in range(k):
         grid.col_title(step, f"step {step}")
-    return save(grid.figure(f"{name}: one start, every sweep direction", cell_inches=1.0, title_lines=1), path)
+    return save(grid.figure(f"{name}: one start, every sweep direction", cell_inches=1.0), path)
 
 
 def figure_selectivity(features: pd.DataFrame, top: pd.DataFrame, name: str, path: Path, bars: int = 8) -> bytes:
@@ -339,9 +342,8 @@ def figure_counterfactuals(arrays: dict[str, np.ndarray], items: pd.DataFrame, n
     rows = max(-(-len(first) // per_row), 1)
     grid = ImageGrid(rows, 3 * per_row, arrays["images_before"].shape[1:3], cell_titles=True, col_group=3)
     for k, item in enumerate(first.itertuples()):
-        before = arrays["images_before"][item.image].astype(np.float32) / 255
-        after = arrays["images_after"][item.image].astype(np.float32) / 255
-        diff = np.abs(after - before).mean(-1)
+        before, after = arrays["images_before"][item.image], arrays["images_after"][item.image]
+        diff = np.abs(as_rgb(after) - as_rgb(before)).mean(-1)
         row, col = divmod(k, per_row)
         grid.put(row, 3 * col, before)
         grid.put(row, 3 * col + 1, after)
@@ -351,7 +353,7 @@ def figure_counterfactuals(arrays: dict[str, np.ndarray], items: pd.DataFrame, n
         grid.cell_title(row, 3 * col + 1, f"{mark}, {item.steps} steps")
         grid.cell_title(row, 3 * col + 2, f"|difference|, {item.image_distance:.2f}")
     title = f"{name}: counterfactuals (original re-rendering, counterfactual, difference)"
-    return save(grid.figure(title, cell_inches=1.25, title_lines=1), path)
+    return save(grid.figure(title, cell_inches=1.25), path)
 
 
 def figure_pair_matrix(metrics: dict[str, Any], name: str, path: Path) -> bytes:
