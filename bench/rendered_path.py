@@ -16,7 +16,8 @@ for the path and for the `pattern` line over the same (unit, start) pairs: the m
 (realised / target change), the share of end images still classified as the start's class, and
 the median Mahalanobis length of the sweep in ``w``.
 
-Random units (seeded) of a demo classifier, or the 16 planted units of ``planted``. The path costs
+Random units (seeded) of a demo classifier, or the planted units of a ``planted`` one. The `pattern`
+sweeps are the tune stage's own (``sweep.plan_sweeps``), from the same starts. The path costs
 2 x ``--substeps`` forward and backward passes per sweep, against 3 forward passes for a line.
 """
 
@@ -36,7 +37,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from linkstyle.config import load_config  # noqa: E402
 from linkstyle.stages.context import Context  # noqa: E402
 from linkstyle.stages.link import load_link, read_select  # noqa: E402
-from linkstyle.sweep import WithinClass  # noqa: E402
+from linkstyle.sweep import WithinClass, plan_sweeps  # noqa: E402
+from linkstyle.units import planted_units  # noqa: E402
 
 
 def main() -> None:
@@ -57,21 +59,23 @@ def main() -> None:
     train = (table["split"] == "train").to_numpy()
     r, w, cls = arrays["r"][train], arrays["w"][train], table["cls"].to_numpy()[train]
     if ctx.cfg.classifier(name).kind == "planted":
-        units = np.arange(r.shape[1] - 16, r.shape[1])
+        units = np.array(planted_units(cfg, name))
     else:
         units = np.sort(np.random.default_rng(0).choice(r.shape[1], args.units, replace=False))
-    stats = WithinClass.of(r[:, units], w, cls)
-    cov_w = torch.tensor(stats.cov_w, dtype=torch.float64)
+    cov_w = torch.tensor(WithinClass.of(r[:, units], w, cls).cov_w, dtype=torch.float64)
     cov_inv = torch.linalg.inv(cov_w)
     generator, classifier = ctx.generator, ctx.classifier(name)
+    # The pattern sweeps' two ends (n_steps=2): unit-major, then start, as the pairs below.
+    plan, _ = plan_sweeps("pattern", link, (r, w, cls), arrays["r"][starts], units, arrays["unit_low"],
+                          arrays["unit_high"], 2)
 
     n_u, n_s = len(units), len(starts)
     ui, si = np.repeat(np.arange(n_u), n_s), np.tile(np.arange(n_s), n_u)
     unit_ids = torch.from_numpy(units[ui])
     rows = torch.arange(len(ui))
-    w0 = torch.tensor(link(arrays["r"][starts].astype(np.float64)), dtype=torch.float64)[si]
-    low = torch.tensor(arrays["unit_low"][units][ui], dtype=torch.float64)
-    high = torch.tensor(arrays["unit_high"][units][ui], dtype=torch.float64)
+    w0 = torch.from_numpy(plan.w_start)[si]
+    low = torch.tensor(plan.values[ui, 0], dtype=torch.float64)
+    high = torch.tensor(plan.values[ui, 1], dtype=torch.float64)
 
     def respond(wb: torch.Tensor, grad: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """The swept unit's activation on each rendered image, its gradient in w, the predicted class."""
@@ -99,10 +103,8 @@ def main() -> None:
         ends[side] = (wc, *respond(wc)[::2])
     seconds = time.perf_counter() - t0
 
-    pattern = torch.tensor(stats.pattern(), dtype=torch.float64)[ui]
-    r_start = torch.tensor(arrays["r"][starts][:, units][si, ui], dtype=torch.float64)
-    w_low, w_high = w0 + (low - r_start)[:, None] * pattern, w0 + (high - r_start)[:, None] * pattern
-    lines = {"low": (w_low, *respond(w_low)[::2]), "high": (w_high, *respond(w_high)[::2])}
+    line = plan.latents(slice(None)).reshape(n_u * n_s, 2, -1).double()
+    lines = {"low": (line[:, 0], *respond(line[:, 0])[::2]), "high": (line[:, 1], *respond(line[:, 1])[::2])}
 
     print(f"{name}: {n_u} units x {n_s} starts, path of {args.substeps} steps per side in {seconds:.1f} s")
     for label, e in (("path through the rendering", ends), ("pattern line", lines)):
