@@ -14,6 +14,27 @@ from typing import Any, Mapping
 CHECKOUT_LABELS = Path("media") / "imagenet_idx2labels.txt"
 
 
+#: The built-in critters world's species, in class order (``generators.critters`` uses them; kept
+#: here, free of torch, so that a config's class names are checked in a fraction of a second).
+CRITTER_NAMES: tuple[str, ...] = (
+    "fox",
+    "cat",
+    "mouse",
+    "lizard",
+    "badger",
+    "otter",
+    "deer",
+    "hare",
+    "wolf",
+    "lynx",
+    "ferret",
+    "boar",
+    "goat",
+    "stoat",
+    "mole",
+    "shrew",
+)
+
 #: A class-conditional generator with this many classes is taken to be an ImageNet-1k one (BigGAN,
 #: StyleGAN-XL), whose classes are named without its weights by ``imagenet_names()``.
 IMAGENET_CLASSES = 1000
@@ -71,9 +92,7 @@ def known_class_names(generator: Mapping[str, Any]) -> tuple[str, ...] | None:
     else None (doctor reports the checkout; the counterfactual stage checks the names once it loads)."""
     n = int(generator["num_classes"])
     if generator["kind"] == "critters":
-        from .generators.critters import CLASS_NAMES
-
-        return tuple(CLASS_NAMES[:n])
+        return CRITTER_NAMES[:n]
     if generator["kind"] == "biggan":
         return fallback_names(n)
     repo = generator.get("repo")

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Sequence
 import jsonschema
 import yaml
 
-from .class_names import class_index, known_class_names
+from .class_names import CRITTER_NAMES, class_index, known_class_names
 from .errors import LinkstyleError
 from .registry import STAGES
 
@@ -35,7 +35,7 @@ BUILTIN_CONFIG = Path(__file__).resolve().parents[2] / "config" / "config.yaml"
 #: Sample seeds of the analysis stay below this; demo-classifier training draws above it.
 ANALYSIS_SEED_LIMIT = 2**31
 SEEDS_PER_CLASS = 1_000_000
-CRITTERS_MAX_CLASSES = 16
+CRITTERS_MAX_CLASSES = len(CRITTER_NAMES)
 #: Penultimate width of each demo architecture (checked against torchvision by the tests).
 # Generator kinds by what they can do; code asks for a capability (GeneratorConfig.has_ground_truth),
 # never for a kind by name, so a new world with ground truth is one entry here.

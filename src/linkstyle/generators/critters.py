@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from linkstyle.class_names import CRITTER_NAMES
 from linkstyle.generators.base import GroundTruth
 
 __all__ = [
@@ -126,24 +127,7 @@ FACTOR_CONCEPTS: dict[str, tuple[tuple[str, str], ...]] = {
 #: moves monotonically inside (0, 1), so a sweep's change of a hue is its plain difference.
 CIRCULAR_FACTORS: dict[str, float] = {"hue": 1.0, "background_hue": 1.0}
 
-CLASS_NAMES: tuple[str, ...] = (
-    "fox",
-    "cat",
-    "mouse",
-    "lizard",
-    "badger",
-    "otter",
-    "deer",
-    "hare",
-    "wolf",
-    "lynx",
-    "ferret",
-    "boar",
-    "goat",
-    "stoat",
-    "mole",
-    "shrew",
-)
+CLASS_NAMES = CRITTER_NAMES  # kept in class_names.py, so that checking a config needs no torch
 
 Z_DIM = 32
 MIN_RESOLUTION, MAX_RESOLUTION = 32, 256
